@@ -1,0 +1,3 @@
+from mura_cli.cli import main
+
+main()

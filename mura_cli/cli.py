@@ -1,0 +1,150 @@
+"""The `mura-cli` command line: parses options, calls the library, draws progress and summaries."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mura_cli import __version__, choices
+from mura_cli.choices import ExitCode
+from mura_cli.errors import MuraError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Abnormality scoring of musculoskeletal radiographs (MURA task). " + choices.RESEARCH_NOTICE)
+err = Console(stderr=True, highlight=False)
+MAX_FAILURE_LINES = 20
+
+
+def _fail(message: str, code: ExitCode = ExitCode.FATAL) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    return typer.Exit(int(code))
+
+
+class _ProgressView:
+    """Draws the library's Progress events as a rich bar with images/s and ETA on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar: Progress | None = None
+        self.task = None
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if event.stage == "start":
+            err.print(f"Scoring {event.total} images with {event.message}", soft_wrap=True)
+            self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.speed:.1f} img/s" if False else "{task.fields[rate]}"),
+                                TimeRemainingColumn(), console=err, transient=True)
+            self.task = self.bar.add_task("images", total=event.total, rate="")
+            self.bar.start()
+        elif event.stage == "images" and self.bar is not None:
+            speed = self.bar.tasks[0].speed
+            self.bar.update(self.task, completed=event.done, rate=f"{speed:.1f} img/s" if speed else "")
+        elif event.stage == "report":
+            self.stop()
+            err.print(f"Writing the PDF report ({event.total} studies)")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _summary(result) -> None:
+    counts, seconds = result.run["counts"], result.run["seconds"]
+    table = Table(title="mura-cli score", show_header=False, title_justify="left")
+    table.add_row("images scored", f"{counts['scored']} of {counts['images']}")
+    table.add_row("failed", str(counts["failed"]))
+    table.add_row("studies", f"{counts['studies']}: {counts['positive_studies']} predicted "
+                  f"{result.run['model']['config']['positive_class']}, {counts['negative_studies']} "
+                  f"{result.run['model']['config']['negative_class']}")
+    table.add_row("other files skipped", str(counts["skipped_files"]))
+    table.add_row("time", f"{seconds['total']:.1f} s ({seconds['images_per_second']:.1f} img/s in the model pass)")
+    for name, path in result.files.items():
+        table.add_row(name, str(path))
+    err.print(table)
+    for path, reason in result.failures[:MAX_FAILURE_LINES]:
+        err.print(f"[yellow]failed:[/] {path}: {reason}", soft_wrap=True)
+    if len(result.failures) > MAX_FAILURE_LINES:
+        err.print(f"... and {len(result.failures) - MAX_FAILURE_LINES} more failures (see images.csv)")
+    if result.report_error:
+        err.print(f"[yellow]{result.report_error}[/]", soft_wrap=True)
+
+
+@app.command()
+def score(
+    input: Path = typer.Argument(..., help="Folder of studies (PNG, JPEG, DICOM), or one image file."),
+    out: Path = typer.Option(Path(choices.DEFAULT_OUT_DIR), "--out", "-o", help="Results folder."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or model name (default: the shipped default model)."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf with thumbnails and heatmaps."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    workers: Optional[int] = typer.Option(None, min=0, help="Decode workers (default: chosen for the device)."),
+    aggregate: Optional[str] = typer.Option(None, help="Study probability from its images: mean or max (default: the model's)."),
+    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Decision threshold (default: the model's)."),
+    heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="Grad-CAM heatmaps (peak in images.csv, overlays in the PDF)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Score every radiograph below INPUT; write images.csv, studies.csv, run.json (and report.pdf)."""
+    from mura_cli.config import ScoreConfig
+    from mura_cli.score import score_folder
+
+    if aggregate is not None and aggregate not in choices.AGGREGATIONS:
+        raise typer.BadParameter(f"expected one of {', '.join(choices.AGGREGATIONS)}", param_hint="--aggregate")
+    if precision not in choices.PRECISIONS:
+        raise typer.BadParameter(f"expected one of {', '.join(choices.PRECISIONS)}", param_hint="--precision")
+    config = ScoreConfig(input=str(input), out_dir=str(out), model=model, device=device, precision=precision,
+                         batch_size=batch_size, workers=workers, aggregate=aggregate, threshold=threshold,
+                         heatmaps=heatmaps, pdf=pdf)
+    view = _ProgressView(quiet)
+    try:
+        result = score_folder(config, notify=view, overwrite=overwrite)
+    except MuraError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; the images finished so far are in {out / 'images.partial.csv'}") from None
+    finally:
+        view.stop()
+    if not quiet:
+        _summary(result)
+    elif result.failures:
+        for path, reason in result.failures:
+            err.print(f"failed: {path}: {reason}", soft_wrap=True, markup=False)
+    if result.exit_code == ExitCode.FATAL:
+        raise _fail("no image could be scored (see images.csv for the reasons)")
+    raise typer.Exit(int(result.exit_code))
+
+
+@app.command("sample-data")
+def sample_data(folder: Path = typer.Argument(Path("samples"), help="Where to write the sample studies.")) -> None:
+    """Write real sample radiographs (an extremity CR from pydicom-data, MIT) to FOLDER."""
+    from mura_cli.samples import write_samples
+
+    try:
+        paths = write_samples(folder)
+    except MuraError as exc:
+        raise _fail(str(exc)) from None
+    for path in paths:
+        typer.echo(str(path))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(f"mura-cli {__version__}")
+
+
+def main() -> None:
+    try:
+        app(prog_name="mura-cli")
+    except SystemExit as exc:  # keep typer's exit code (2 for usage errors)
+        sys.exit(exc.code)

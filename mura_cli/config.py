@@ -1,0 +1,125 @@
+"""Frozen configurations: the model's own (travels with its weights) and the run's."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mura_cli import choices
+from mura_cli.errors import ModelError
+
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to run a model; stored as ``config.json`` beside ``model.safetensors``."""
+
+    architecture: str  # a timm model name
+    input_size: tuple[int, int, int] = (3, 224, 224)  # channels, height, width
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    threshold: float = 0.5
+    resize: str = "letterbox"  # keep aspect ratio and pad, or stretch to the input size
+    aggregation: str = "mean"  # image probabilities -> study probability
+    name: str = ""
+    # what the single output logit means: P(positive_class)
+    positive_class: str = "abnormal"
+    negative_class: str = "normal"
+    task: str = "Musculoskeletal radiograph: abnormal (1) or normal (0)"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = MODEL_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        problems = list(_model_config_problems(self))
+        if problems:
+            raise ModelError("invalid model config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"invalid model config: unknown keys {unknown}")
+        if "architecture" not in data:
+            raise ModelError("invalid model config: 'architecture' (a timm model name) is missing")
+        values = dict(data)
+        for key in ("input_size", "mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelConfig":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelError(f"{path}: config.json not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{path}: expected a JSON object")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _model_config_problems(cfg: ModelConfig):
+    if not isinstance(cfg.architecture, str) or not cfg.architecture:
+        yield "'architecture' must be a timm model name"
+    size = cfg.input_size
+    if len(size) != 3 or size[0] not in (1, 3) or min(size[1:]) < 16 or max(size[1:]) > 4096:
+        yield f"'input_size' must be [1 or 3, height, width] with sides in 16..4096, got {list(size)}"
+    channels = size[0] if len(size) == 3 else 3
+    if len(cfg.mean) != channels or len(cfg.std) != channels:
+        yield f"'mean' and 'std' need {channels} values each"
+    if any(not math.isfinite(s) or s <= 0 for s in cfg.std):
+        yield "'std' values must be positive"
+    if not (0.0 <= cfg.threshold <= 1.0):
+        yield f"'threshold' must be within [0, 1], got {cfg.threshold}"
+    if cfg.resize not in choices.RESIZE_POLICIES:
+        yield f"'resize' must be one of {list(choices.RESIZE_POLICIES)}"
+    if cfg.aggregation not in choices.AGGREGATIONS:
+        yield f"'aggregation' must be one of {list(choices.AGGREGATIONS)}"
+    if cfg.format_version > MODEL_FORMAT_VERSION:
+        yield f"format_version {cfg.format_version} is newer than this mura-cli understands"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """One `score` run. Written to ``run.json`` next to the results."""
+
+    input: str
+    out_dir: str = choices.DEFAULT_OUT_DIR
+    model: str | None = None  # folder or shipped/user model name; None: the default model
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 32
+    workers: int | None = None  # None: chosen for the device
+    aggregate: str | None = None  # None: the model's
+    threshold: float | None = None  # None: the model's
+    heatmaps: bool = True
+    pdf: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError("workers must be 0 or more")
+        if self.aggregate is not None and self.aggregate not in choices.AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {list(choices.AGGREGATIONS)}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError("threshold must be within [0, 1]")
+        if self.precision not in choices.PRECISIONS:
+            raise ValueError(f"precision must be one of {list(choices.PRECISIONS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,186 @@
+"""One image file -> a 2-D float32 grayscale array in [0, 1], at full dynamic range.
+
+The format is told from the file's content (a PNG named .dcm is still read as PNG).
+DICOM goes through the display pipeline of PS3.3 C.11: Modality LUT (rescale or Modality LUT
+Sequence), VOI LUT (LUT Sequence or window, a percentile window when neither is present), then the
+MONOCHROME1 / Presentation LUT Shape INVERSE inversion. Every failure is a DecodeError with a reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom import uid
+from pydicom.dataset import FileMetaDataset
+from PIL import Image, ImageOps
+from pydicom.pixels import apply_modality_lut, apply_voi
+
+from mura_cli.errors import DecodeError
+from mura_cli.io import sniff
+
+# default window when a DICOM image carries no VOI information: these percentiles of its values
+DEFAULT_WINDOW_PERCENTILES = (0.5, 99.5)
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to float32 grayscale in [0, 1] (0 black, 1 white as displayed)."""
+    path = Path(path)
+    try:
+        kind = sniff.sniff_file(path)
+        if kind is None:
+            size = path.stat().st_size
+            raise DecodeError(str(path), "empty file" if size == 0 else "not a PNG, JPEG or DICOM file")
+        image = _decode_dicom(path) if kind == sniff.DICOM else _decode_raster(path)
+    except DecodeError:
+        raise
+    except FileNotFoundError:
+        raise DecodeError(str(path), "file disappeared before it could be read") from None
+    except PermissionError:
+        raise DecodeError(str(path), "permission denied") from None
+    except MemoryError:
+        raise DecodeError(str(path), "image too large to decode in memory") from None
+    except Exception as exc:  # any decoder failure is this file's problem, not the run's
+        raise DecodeError(str(path), f"cannot decode ({type(exc).__name__}: {exc})") from None
+    if image.ndim != 2 or min(image.shape) < 1:
+        raise DecodeError(str(path), f"unexpected image shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise DecodeError(str(path), "image holds NaN or infinite values")
+    return image
+
+
+# ---------------------------------------------------------------- PNG / JPEG
+
+
+def _decode_raster(path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # phone or scanner JPEGs may be stored rotated
+            img.load()
+            return _raster_to_gray(img)
+
+
+def _raster_to_gray(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode.startswith("I;16"):
+        return np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
+    if mode == "I":  # Pillow's mode for 16-bit grayscale PNG in some versions
+        arr = np.asarray(img, dtype=np.int64)
+        return (np.clip(arr, 0, 65535).astype(np.float32) / 65535.0)
+    if mode == "F":
+        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    if mode != "L":
+        img = img.convert("L")  # RGB, RGBA, P, LA, 1, CMYK: luminance, alpha ignored
+    return np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def _decode_dicom(path: Path) -> np.ndarray:
+    ds = pydicom.dcmread(path, force=True)
+    _ensure_transfer_syntax(ds)
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        kind = str(ds.get("SOPClassUID", "unknown SOP class"))
+        name = getattr(ds.get("SOPClassUID"), "name", kind)
+        raise DecodeError(str(path), f"DICOM without pixel data ({name})")
+    try:
+        pixels = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise DecodeError(str(path), f"cannot decompress {name} ({exc})") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        pixels = pixels[0]  # multi-frame: the first frame is scored
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if pixels.ndim == 3:  # colour (RGB or YBR converted to RGB by pydicom): luminance, no LUTs
+        return _colour_to_gray(pixels, ds)
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    shown = _apply_voi(values, ds)
+    if photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
+        shown = 1.0 - shown
+    return shown.astype(np.float32)
+
+
+def _ensure_transfer_syntax(ds) -> None:
+    """A data set stored without file meta (no preamble) still tells its encoding; record it so the
+    pixel data can be read."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit:
+        syntax = uid.ImplicitVRLittleEndian
+    else:
+        syntax = uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
+    if meta is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+
+
+def _colour_to_gray(pixels: np.ndarray, ds) -> np.ndarray:
+    bits = int(ds.get("BitsStored", 8) or 8)
+    rgb = pixels.astype(np.float64) / float(2**bits - 1)
+    gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return np.clip(gray, 0.0, 1.0).astype(np.float32)
+
+
+def _apply_voi(values: np.ndarray, ds) -> np.ndarray:
+    """VOI LUT Sequence, else window centre/width, else a percentile window; output in [0, 1]."""
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        item = ds.VOILUTSequence[0]
+        lut = np.asarray(item.LUTData, dtype=np.float64)
+        out = apply_voi(values, ds).astype(np.float64)
+        low, high = float(lut.min()), float(lut.max())
+        return np.clip((out - low) / max(high - low, 1e-12), 0.0, 1.0)
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+        shown = window(values, center, width, function)
+        if not _saturated(shown):
+            return shown
+        # a stored window that leaves (almost) every pixel black or white does not belong to these
+        # pixel values (seen in re-encoded files): treat it as absent
+    return percentile_window(values)
+
+
+def _saturated(shown: np.ndarray, share: float = 0.99) -> bool:
+    return bool((shown <= 0.0).mean() >= share or (shown >= 1.0).mean() >= share)
+
+
+def percentile_window(values: np.ndarray) -> np.ndarray:
+    """The default VOI: a linear window between low and high percentiles of the image's values."""
+    low, high = np.percentile(values, DEFAULT_WINDOW_PERCENTILES)
+    if high <= low:
+        low, high = float(values.min()), float(values.max())
+    return np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+
+
+def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """The VOI window functions of DICOM PS3.3 C.11.2.1.2, mapped to [0, 1]."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if width <= 1:  # LINEAR with width 1 is a threshold at the centre
+        return (values > center - 0.5).astype(np.float64)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _first(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, str):
+        try:
+            value = value[0]
+        except (IndexError, TypeError):
+            pass
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

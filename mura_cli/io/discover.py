@@ -1,0 +1,146 @@
+"""Find every image below an input path and group the images into studies.
+
+PNG/JPEG images form one study per folder; DICOM images are grouped by StudyInstanceUID, even across
+folders. The MURA layout ``XR_<PART>/patientNNNNN/studyN_<positive|negative>/imageK.png`` gives body
+part, patient and label. No patient demographics are read from DICOM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from mura_cli import choices
+from mura_cli.errors import InputError
+from mura_cli.io import sniff
+
+_MURA_PART = re.compile(r"^XR_([A-Z]+)$", re.IGNORECASE)
+_MURA_PATIENT = re.compile(r"^patient(\d+)$", re.IGNORECASE)
+_MURA_STUDY = re.compile(r"^study(\d+)_(positive|negative)$", re.IGNORECASE)
+_DICOM_TAGS = ["StudyInstanceUID", "BodyPartExamined"]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path  # absolute
+    rel_path: str  # relative to the input root, '/' separators
+    kind: str  # 'raster' or 'dicom' (from the name or, failing that, the content)
+    study_id: str
+    patient_id: str = ""
+    body_part: str = ""
+    label: int | None = None  # 1 abnormal/positive, 0 normal/negative, None unknown
+    error: str = ""  # set when the file could not even be indexed
+
+
+@dataclass(frozen=True)
+class Discovery:
+    root: Path
+    images: tuple[ImageRecord, ...]
+    skipped: int = 0  # hidden files and files that are not images
+    skipped_examples: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class MuraPath:
+    body_part: str = ""
+    patient_id: str = ""
+    study: str = ""
+    label: int | None = None
+
+
+def parse_mura_path(parts: tuple[str, ...]) -> MuraPath:
+    """Body part, patient and label from folder names in MURA's layout (any depth)."""
+    body_part = patient = study = ""
+    label = None
+    for part in parts:
+        if m := _MURA_PART.match(part):
+            body_part = m.group(1).upper()
+        elif m := _MURA_PATIENT.match(part):
+            patient = f"patient{m.group(1)}"
+        elif m := _MURA_STUDY.match(part):
+            study = part
+            label = 1 if m.group(2).lower() == "positive" else 0
+    return MuraPath(body_part, patient, study, label)
+
+
+def _file_kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in choices.RASTER_EXTENSIONS:
+        return "raster"
+    if suffix in choices.DICOM_EXTENSIONS:
+        return "dicom"
+    try:  # no known extension (or a UID-like name): only DICOM is recognised by content
+        return "dicom" if sniff.sniff_file(path) == sniff.DICOM else None
+    except OSError:
+        return None
+
+
+def _walk(root: Path):
+    """Yield (path, hidden) for every file below root, sorted, without following folder links."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        hidden_dirs = sorted(d for d in dirs if d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in hidden_dirs:
+            yield Path(folder) / name, True
+        for name in sorted(files):
+            yield Path(folder) / name, name.startswith(".")
+
+
+def _folder_study(rel_folder: str, root: Path, mura: MuraPath) -> str:
+    if mura.study and mura.body_part and mura.patient_id:
+        return f"XR_{mura.body_part}/{mura.patient_id}/{mura.study}"
+    return rel_folder if rel_folder != "." else root.name
+
+
+def _record(path: Path, root: Path, kind: str) -> ImageRecord:
+    rel = path.relative_to(root).as_posix()
+    rel_folder = path.parent.relative_to(root).as_posix()
+    mura = parse_mura_path(path.parts)
+    record = ImageRecord(
+        path=path,
+        rel_path=rel,
+        kind=kind,
+        study_id=_folder_study(rel_folder, root, mura),
+        patient_id=mura.patient_id,
+        body_part=mura.body_part,
+        label=mura.label,
+    )
+    return _with_dicom_header(record) if kind == "dicom" else record
+
+
+def _with_dicom_header(record: ImageRecord) -> ImageRecord:
+    try:
+        ds = pydicom.dcmread(record.path, stop_before_pixels=True, force=True, specific_tags=_DICOM_TAGS)
+    except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, AttributeError) as exc:
+        return replace(record, error=f"unreadable DICOM header ({type(exc).__name__}: {exc})")
+    uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    return replace(record, study_id=uid or record.study_id, body_part=part or record.body_part)
+
+
+def discover(input_path: str | Path) -> Discovery:
+    """Every image below ``input_path`` (a folder or one file), in a stable order."""
+    given = Path(input_path).expanduser()
+    if not given.exists():
+        raise InputError(f"{given}: no such file or folder")
+    given = given.resolve()
+    if given.is_file():
+        kind = _file_kind(given)
+        if kind is None:
+            raise InputError(f"{given}: not a PNG, JPEG or DICOM file")
+        return Discovery(root=given.parent, images=(_record(given, given.parent, kind),))
+    images, skipped, examples = [], 0, []
+    for path, hidden in _walk(given):
+        kind = None if hidden or not path.is_file() else _file_kind(path)
+        if kind is None:
+            skipped += 1
+            if len(examples) < 5:
+                examples.append(path.relative_to(given).as_posix())
+            continue
+        images.append(_record(path, given, kind))
+    return Discovery(root=given, images=tuple(images), skipped=skipped, skipped_examples=tuple(examples))

@@ -1,0 +1,97 @@
+"""Batches -> probabilities and heatmaps, in one forward pass. No files, no printing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mura_cli import cam
+from mura_cli.device import Runtime
+from mura_cli.modeling import LoadedModel
+
+
+@dataclass
+class BatchResult:
+    indices: list[int]
+    errors: list[str]
+    probabilities: np.ndarray  # (B,), NaN where the image failed
+    canvases: torch.Tensor  # (B, 1, H, W) uint8 on the CPU, the model's input
+    geometries: torch.Tensor  # (B, 6) int64 (see geometry.Geometry)
+    peaks: np.ndarray  # (B, 2) canvas y, x of the heatmap peak; -1 where none
+    heatmaps: np.ndarray | None  # (B, H, W) float32 in [0, 1] on the canvas, when kept
+
+
+class Predictor:
+    """The model on its device, ready to turn loader batches into BatchResults."""
+
+    def __init__(self, loaded: LoadedModel, runtime: Runtime, heatmaps: bool = True, keep_maps: bool = False):
+        cfg = loaded.config
+        self.runtime = runtime
+        self.channels, self.height, self.width = cfg.input_size
+        self.model = loaded.model.to(runtime.device).eval()
+        if runtime.device.type != "mps":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(cfg.mean, device=runtime.device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(cfg.std, device=runtime.device).view(1, -1, 1, 1) * 255.0
+        self.heatmaps = heatmaps
+        self.keep_maps = keep_maps and heatmaps
+        self.classifier = None
+        self.heatmap_method = "none"
+        if heatmaps:
+            channels = self._feature_channels()
+            self.classifier = cam.linear_pooled_head(self.model, channels) if channels else None
+            self.heatmap_method = "cam" if self.classifier is not None else "gradcam" if channels else "none"
+
+    def _feature_channels(self) -> int | None:
+        probe = torch.zeros((1, self.channels, self.height, self.width), device=self.runtime.device)
+        with torch.no_grad():
+            feats = self.model.forward_features(probe)
+        return feats.shape[1] if feats.ndim == 4 else None
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 1, H, W) -> normalised float (B, C, H, W) on the device, channels_last."""
+        x = images.to(self.runtime.device, non_blocking=True).float()
+        if self.channels != 1:
+            x = x.expand(-1, self.channels, -1, -1)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.runtime.device.type != "mps" else x
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.heatmap_method == "gradcam":
+            with torch.no_grad(), self.runtime.autocast():
+                feats = self.model.forward_features(x)
+            return cam.gradcam_from_features(self.model, feats)
+        with torch.inference_mode(), self.runtime.autocast():
+            feats = self.model.forward_features(x)
+            logits = self.model.forward_head(feats)
+            cams = cam.class_activation_map(feats, self.classifier) if self.heatmap_method == "cam" else None
+        return logits, cams
+
+    def __call__(self, batch: dict) -> BatchResult:
+        errors = list(batch["error"])
+        valid = torch.tensor([not e for e in errors], dtype=torch.bool)
+        size = len(errors)
+        probs = np.full(size, np.nan)
+        peaks = np.full((size, 2), -1, dtype=np.int64)
+        maps = np.zeros((size, self.height, self.width), np.float32) if self.keep_maps else None
+        if valid.any():
+            x = self.prepare(batch["image"][valid])
+            logits, cams = self._forward(x)
+            probs[valid.numpy()] = torch.sigmoid(logits.float()[:, 0]).cpu().double().numpy()
+            if cams is not None:
+                with torch.inference_mode():
+                    canvas_maps, canvas_peaks = cam.to_canvas(cams, batch["geometry"][valid], (self.height, self.width))
+                peaks[valid.numpy()] = canvas_peaks.cpu().numpy()
+                if maps is not None:
+                    maps[valid.numpy()] = canvas_maps.cpu().numpy()
+        return BatchResult(
+            indices=[int(i) for i in batch["index"]],
+            errors=errors,
+            probabilities=probs,
+            canvases=batch["image"],
+            geometries=batch["geometry"],
+            peaks=peaks,
+            heatmaps=maps,
+        )
