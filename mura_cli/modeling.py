@@ -60,6 +60,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _state_problems(expected: dict, found: dict) -> list[str]:
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        problems.append(f"{len(shapes)} of other shape (e.g. {k}: {tuple(found[k].shape)}, "
+                        f"expected {tuple(expected[k].shape)})")
+    return problems
+
+
 def load_model(directory: str | Path) -> LoadedModel:
     """Load a model folder; every inconsistency is a ModelError saying what is wrong."""
     directory = Path(directory)
@@ -72,14 +88,10 @@ def load_model(directory: str | Path) -> LoadedModel:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{weights}: not a readable safetensors file ({exc})") from None
-    result = model.load_state_dict(state, strict=False)
-    problems = []
-    if result.missing_keys:
-        problems.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
-    if result.unexpected_keys:
-        problems.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+    problems = _state_problems(model.state_dict(), state)
     if problems:
         raise ModelError(f"{weights}: weights do not match '{cfg.architecture}': " + ", ".join(problems))
+    model.load_state_dict(state, strict=True)
     model.eval()
     name = cfg.name or directory.name
     return LoadedModel(model, cfg.replace(name=name), directory, file_sha256(weights))

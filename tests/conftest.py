@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny timm models with random weights in the model-folder format, synthetic
+MURA-layout studies, and real DICOM radiographs (pydicom-data, ../shared/dicom when present)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from mura_cli.config import ModelConfig
+from mura_cli.modeling import create_model, save_model
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DICOM = REPO.parent / "shared" / "dicom"
+
+
+def make_model_dir(folder: Path, architecture: str, size: int = 64, seed: int = 0, **overrides) -> Path:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(architecture=architecture, input_size=(3, size, size), name=folder.name, **overrides)
+    model = create_model(cfg)
+    # random classifier weights with a visible spread, so probabilities differ between images
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(20.0)
+    return save_model(model, cfg, folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny-effnet", "test_efficientnet")
+
+
+@pytest.fixture(scope="session")
+def resnet_model(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny-resnet", "resnet10t", size=64)
+
+
+def radiograph(seed: int, height: int = 90, width: int = 70) -> np.ndarray:
+    """A synthetic 'bone' image in [0, 1]: dark background, a bright elongated shape, noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    cx, cy = width * rng.uniform(0.35, 0.65), height * rng.uniform(0.35, 0.65)
+    bone = np.exp(-(((xx - cx) / (width * 0.12)) ** 2 + ((yy - cy) / (height * 0.35)) ** 2))
+    image = 0.1 + 0.75 * bone + rng.normal(0, 0.03, size=bone.shape)
+    return np.clip(image, 0, 1)
+
+
+def save_png8(array: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.rint(array * 255).astype(np.uint8), mode="L").save(path, format="PNG")
+    return path
+
+
+def save_png16(array8: np.ndarray, path: Path) -> Path:
+    """16-bit twin of an 8-bit image: v * 257 maps 0..255 exactly onto 0..65535."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = np.rint(array8 * 255).astype(np.uint16) * 257
+    Image.fromarray(values).save(path, format="PNG")
+    return path
+
+
+MURA_STUDIES = [
+    ("XR_WRIST", "patient00001", "study1_positive", 3),
+    ("XR_WRIST", "patient00001", "study2_negative", 2),
+    ("XR_ELBOW", "patient00002", "study1_negative", 1),
+    ("XR_HAND", "patient00003", "study1_positive", 2),
+]
+
+
+@pytest.fixture()
+def mura_folder(tmp_path) -> Path:
+    """A small MURA-v1.1-style tree with 8-bit PNG images, plus hidden and non-image files."""
+    root = tmp_path / "MURA-v1.1" / "valid"
+    seed = 0
+    for part, patient, study, count in MURA_STUDIES:
+        for k in range(1, count + 1):
+            seed += 1
+            save_png8(radiograph(seed), root / part / patient / study / f"image{k}.png")
+    (root / "XR_WRIST" / "notes.txt").write_text("not an image")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return root
+
+
+@pytest.fixture(scope="session")
+def rg3_files() -> tuple[Path, Path]:
+    """A real extremity CR (MONOCHROME1): uncompressed and lossless JPEG 2000 (pydicom-data, MIT)."""
+    return Path(get_testdata_file("RG3_UNCR.dcm")), Path(get_testdata_file("RG3_J2KR.dcm"))
+
+
+@pytest.fixture()
+def shared_dicom() -> Path:
+    if not SHARED_DICOM.is_dir():
+        pytest.skip("../shared/dicom not present")
+    return SHARED_DICOM
+
+
+def copy(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(source, target))

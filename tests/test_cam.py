@@ -1,0 +1,82 @@
+"""Heatmaps: the closed form equals autograd Grad-CAM; maps land on the right original pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from mura_cli import cam
+from mura_cli.geometry import Geometry, crop_region, fit_geometry, place_on_canvas
+
+
+def autograd_gradcam(model, x):
+    """Textbook Grad-CAM with hooks on the whole model: gradients of the logit w.r.t. the last
+    feature map, averaged per channel, weight the map, ReLU."""
+    store = {}
+    feats = model.forward_features(x)
+    feats.retain_grad()
+    logits = model.forward_head(feats)
+    logits[:, 0].sum().backward()
+    store["alpha"] = feats.grad.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((store["alpha"] * feats).sum(dim=1)).detach()
+
+
+@pytest.mark.parametrize("arch", ["test_efficientnet", "resnet10t"])
+def test_closed_form_cam_equals_autograd_gradcam(arch):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=1).eval()
+    x = torch.randn(3, 3, 96, 96)
+    expected = cam.minmax(autograd_gradcam(model, x))
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        classifier = cam.linear_pooled_head(model, feats.shape[1])
+        assert classifier is not None
+        closed = cam.minmax(cam.class_activation_map(feats, classifier))
+    assert float((closed - expected).abs().max()) < 1e-4
+
+
+def test_other_heads_fall_back_to_autograd_gradcam():
+    torch.manual_seed(0)
+    model = timm.create_model("test_convnext", num_classes=1).eval()  # norm after pooling
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+    assert cam.linear_pooled_head(model, feats.shape[1]) is None
+    logits, maps = cam.gradcam_from_features(model, feats)
+    torch.testing.assert_close(logits, model(x).detach(), atol=1e-5, rtol=1e-5)
+    assert float((cam.minmax(maps) - cam.minmax(autograd_gradcam(model, x))).abs().max()) < 1e-4
+
+
+def test_letterbox_geometry_round_trip():
+    geometry = fit_geometry(300, 120, 224, 224, "letterbox")
+    assert (geometry.new_h, geometry.new_w) == (224, 90)
+    assert geometry.left == (224 - 90) // 2 and geometry.top == 0
+    # canvas pixel centres at the corners of the image region map to the original's corners
+    assert geometry.canvas_to_original(0, geometry.left) == pytest.approx((0, 0), abs=1.0)
+    assert geometry.canvas_to_original(223, geometry.left + 89) == pytest.approx((299, 119), abs=1.0)
+
+
+def test_heatmap_peak_maps_back_onto_the_original_spot():
+    """A hot spot drawn in the original must be found at the same original pixel after the trip to
+    the canvas and back, for a non-square image under letterboxing."""
+    original = np.zeros((300, 120), np.float32)
+    original[200:220, 30:50] = 1.0  # centre near (209.5, 39.5)
+    geometry = fit_geometry(300, 120, 112, 112, "letterbox")
+    canvas = place_on_canvas(original, geometry, 112, 112).astype(np.float32) / 255
+    # a 56x56 "feature map" of the canvas (stride 2, as a network's early stage would give)
+    coarse = torch.nn.functional.avg_pool2d(torch.from_numpy(canvas)[None, None], 2)[0]
+    maps, peaks = cam.to_canvas(coarse, torch.tensor([geometry.as_tuple()]), (112, 112))
+    y, x = geometry.canvas_to_original(*peaks[0].tolist())
+    scale = 300 / geometry.new_h  # original pixels per canvas pixel
+    assert abs(y - 209.5) <= 10 / 2 * scale and abs(x - 39.5) <= 10 / 2 * scale
+    assert float(maps[0].max()) == pytest.approx(1.0)
+    outside = np.ones((112, 112), bool)
+    crop_region(outside, geometry)[:] = False
+    assert float(maps[0].numpy()[outside].max()) == 0.0  # padding carries no heat
+
+
+def test_stretch_geometry_fills_canvas():
+    g = fit_geometry(300, 120, 64, 64, "stretch")
+    assert g == Geometry(300, 120, 64, 64, 0, 0)

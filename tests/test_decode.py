@@ -1,0 +1,142 @@
+"""Decoding to grayscale at full range; DICOM LUT chain; twins decode alike; bad files get reasons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from mura_cli.errors import DecodeError
+from mura_cli.io.decode import decode_image, window
+
+from conftest import radiograph, save_png8, save_png16
+
+
+def test_16bit_png_keeps_its_full_range(tmp_path):
+    values = np.array([[0, 1000, 40000, 65535]], dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    decoded = decode_image(path)
+    np.testing.assert_allclose(decoded, values / 65535.0, atol=1e-7)
+    assert decoded[0, 2] > 0.6  # not clipped at 255
+
+
+def test_8bit_and_16bit_twins_decode_identically(tmp_path):
+    image = radiograph(1)
+    a = decode_image(save_png8(image, tmp_path / "a.png"))
+    b = decode_image(save_png16(image, tmp_path / "b.png"))
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA"])
+def test_colour_modes_become_luminance(tmp_path, mode):
+    gray = Image.fromarray(np.rint(radiograph(2) * 255).astype(np.uint8), mode="L")
+    path = tmp_path / f"img_{mode}.png"
+    gray.convert(mode).save(path)
+    decoded = decode_image(path)
+    assert decoded.shape == (90, 70)
+    np.testing.assert_allclose(decoded, np.asarray(gray) / 255.0, atol=2 / 255)
+
+
+def test_jpeg_decodes_to_gray(tmp_path):
+    path = tmp_path / "x.jpeg"
+    Image.fromarray(np.rint(radiograph(3) * 255).astype(np.uint8)).convert("RGB").save(path, quality=95)
+    decoded = decode_image(path)
+    assert decoded.ndim == 2 and 0.0 <= decoded.min() and decoded.max() <= 1.0
+    assert abs(decoded.mean() - radiograph(3).mean()) < 0.02
+
+
+def test_dicom_lossless_reencoding_decodes_identically(rg3_files):
+    plain, jpeg2000 = rg3_files
+    np.testing.assert_array_equal(decode_image(plain), decode_image(jpeg2000))
+
+
+def test_monochrome1_is_inverted_after_the_window(rg3_files, tmp_path):
+    """MONOCHROME1 with window (c, w) equals its MONOCHROME2 twin with pixels and window mirrored."""
+    ds = pydicom.dcmread(rg3_files[0])
+    top = 2 ** int(ds.BitsStored) - 1
+    twin = pydicom.dcmread(rg3_files[0])
+    twin.PhotometricInterpretation = "MONOCHROME2"
+    twin.PixelData = (top - ds.pixel_array.astype(np.int64)).astype(ds.pixel_array.dtype).tobytes()
+    twin.WindowCenter = top - float(ds.WindowCenter)
+    twin.save_as(tmp_path / "mono2.dcm")
+    original, mirrored = decode_image(rg3_files[0]), decode_image(tmp_path / "mono2.dcm")
+    np.testing.assert_allclose(original, mirrored, atol=2e-3)
+    assert original.std() > 0.1  # a real image, not a flat one
+
+
+def test_rescaled_twin_decodes_identically(rg3_files, tmp_path):
+    ds = pydicom.dcmread(rg3_files[0])
+    stored = ds.pixel_array.astype(np.int64)
+    ds.PixelData = (stored + 1000).astype(np.uint16).tobytes()
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.RescaleIntercept = -1000
+    ds.RescaleSlope = 1
+    ds.save_as(tmp_path / "rescaled.dcm")
+    np.testing.assert_allclose(decode_image(rg3_files[0]), decode_image(tmp_path / "rescaled.dcm"), atol=1e-6)
+
+
+def test_presentation_lut_inverse_inverts(rg3_files, tmp_path):
+    ds = pydicom.dcmread(rg3_files[0])
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.save_as(tmp_path / "m2.dcm")
+    ds.PresentationLUTShape = "INVERSE"
+    ds.save_as(tmp_path / "m2_inverse.dcm")
+    np.testing.assert_allclose(decode_image(tmp_path / "m2.dcm"), 1.0 - decode_image(tmp_path / "m2_inverse.dcm"), atol=1e-6)
+
+
+def test_missing_window_uses_percentile_default(rg3_files, tmp_path):
+    ds = pydicom.dcmread(rg3_files[0])
+    del ds.WindowCenter
+    del ds.WindowWidth
+    ds.save_as(tmp_path / "nowindow.dcm")
+    decoded = decode_image(tmp_path / "nowindow.dcm")
+    values = ds.pixel_array.astype(np.float64)
+    low, high = np.percentile(values, [0.5, 99.5])
+    expected = 1.0 - np.clip((values - low) / (high - low), 0, 1)  # MONOCHROME1: inverted after VOI
+    np.testing.assert_allclose(decoded, expected, atol=1e-6)
+    assert decoded.std() > 0.1
+
+
+def test_window_functions_follow_the_standard():
+    values = np.array([0.0, 50.0, 100.0, 150.0, 200.0])
+    linear = window(values, center=100, width=101)
+    np.testing.assert_allclose(linear, [0.0, 0.005, 0.505, 1.0, 1.0], atol=1e-9)
+    np.testing.assert_allclose(window(values, 100, 100, "LINEAR_EXACT"), [0, 0, 0.5, 1, 1])
+    assert window(np.array([100.0]), 100, 50, "SIGMOID")[0] == pytest.approx(0.5)
+
+
+def test_shared_dicoms_all_decode(shared_dicom):
+    files = sorted(shared_dicom.glob("*.dcm"))
+    assert len(files) >= 5
+    for path in files:
+        image = decode_image(path)
+        assert image.dtype == np.float32 and image.ndim == 2
+        assert image.std() > 0.05, f"{path.name} decoded flat"
+
+
+def test_modality_lut_sequence_file(shared_dicom):
+    ds = pydicom.dcmread(shared_dicom / "fo-dicom_CR-ModalitySequenceLUT.dcm")
+    assert "ModalityLUTSequence" in ds
+    image = decode_image(shared_dicom / "fo-dicom_CR-ModalitySequenceLUT.dcm")
+    assert 0.1 < image.mean() < 0.9
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty file"),
+    (b"hello, I am text", "not a PNG, JPEG or DICOM"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "cannot decode"),
+])
+def test_bad_files_raise_decode_error_with_reason(tmp_path, content, reason):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(DecodeError) as info:
+        decode_image(path)
+    assert reason in info.value.reason and str(path) in str(info.value)
+
+
+def test_png_named_dcm_is_read_as_png(tmp_path):
+    path = save_png8(radiograph(4), tmp_path / "actually_png.dcm")
+    assert decode_image(path).shape == (90, 70)

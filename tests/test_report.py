@@ -1,0 +1,55 @@
+"""The PDF report, read back as a person would: its text and its pictures."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from pypdf import PdfReader
+
+from mura_cli.config import ScoreConfig
+from mura_cli.score import score_folder
+
+
+@pytest.fixture()
+def scored_with_pdf(mura_folder, tmp_path, tiny_model):
+    (mura_folder / "XR_ELBOW" / "patient00002" / "study1_negative" / "bad.png").write_text("no image")
+    config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model),
+                         workers=0, pdf=True)
+    return score_folder(config)
+
+
+def _text(reader: PdfReader) -> str:
+    return "\n".join(page.extract_text() for page in reader.pages)
+
+
+def test_pdf_names_every_study_with_the_csv_probability(scored_with_pdf):
+    out = scored_with_pdf.out_dir
+    reader = PdfReader(out / "report.pdf")
+    text = _text(reader).replace("\n", " ")
+    studies = pd.read_csv(out / "studies.csv")
+    for row in studies.itertuples():
+        assert row.study_id in text
+        assert f"{row.probability:.3f}" in text
+    # the summary table lists studies by descending probability
+    order = [text.index(s) for s in studies.sort_values("probability", ascending=False)["study_id"]]
+    assert order == sorted(order)
+
+
+def test_pdf_embeds_a_thumbnail_and_an_overlay_per_scored_image(scored_with_pdf):
+    reader = PdfReader(scored_with_pdf.out_dir / "report.pdf")
+    # WeasyPrint may share one resource dictionary between pages: count distinct image objects
+    embedded = len({image.indirect_reference.idnum for page in reader.pages for image in page.images})
+    scored = int((scored_with_pdf.images["error"] == "").sum())
+    assert embedded == 2 * scored
+
+
+def test_pdf_lists_failures_and_carries_footer_on_every_page(scored_with_pdf):
+    reader = PdfReader(scored_with_pdf.out_dir / "report.pdf")
+    text = _text(reader)
+    assert "XR_ELBOW/patient00002/study1_negative/bad.png" in text.replace("\n", "")
+    assert "not a PNG, JPEG or DICOM file" in text
+    pages = len(reader.pages)
+    for number, page in enumerate(reader.pages, start=1):
+        page_text = page.extract_text()
+        assert "Research use only, not a medical device" in page_text
+        assert f"Page {number} of {pages}" in page_text
