@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -22,7 +23,7 @@ MAX_FAILURE_LINES = 20
 
 
 def _fail(message: str, code: ExitCode = ExitCode.FATAL) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(int(code))
 
 
@@ -38,9 +39,9 @@ class _ProgressView:
         if self.quiet:
             return
         if event.stage == "start":
-            err.print(f"Scoring {event.total} images with {event.message}", soft_wrap=True)
+            err.print(f"Scoring {event.total} images with {escape(event.message)}", soft_wrap=True)
             self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.speed:.1f} img/s" if False else "{task.fields[rate]}"),
+                                TextColumn("{task.fields[rate]}"),
                                 TimeRemainingColumn(), console=err, transient=True)
             self.task = self.bar.add_task("images", total=event.total, rate="")
             self.bar.start()
@@ -71,11 +72,11 @@ def _summary(result) -> None:
         table.add_row(name, str(path))
     err.print(table)
     for path, reason in result.failures[:MAX_FAILURE_LINES]:
-        err.print(f"[yellow]failed:[/] {path}: {reason}", soft_wrap=True)
+        err.print(f"[yellow]failed:[/] {escape(path)}: {escape(reason)}", soft_wrap=True)
     if len(result.failures) > MAX_FAILURE_LINES:
         err.print(f"... and {len(result.failures) - MAX_FAILURE_LINES} more failures (see images.csv)")
     if result.report_error:
-        err.print(f"[yellow]{result.report_error}[/]", soft_wrap=True)
+        err.print(f"[yellow]{escape(result.report_error)}[/]", soft_wrap=True)
 
 
 @app.command()

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn

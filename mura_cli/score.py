@@ -21,9 +21,9 @@ from mura_cli.choices import ExitCode
 from mura_cli.config import ScoreConfig
 from mura_cli.data import create_loader, default_workers
 from mura_cli.device import create_runtime
-from mura_cli.errors import InputError, MuraError, ReportError
+from mura_cli.errors import InputError, ReportError
 from mura_cli.geometry import Geometry
-from mura_cli.io.discover import Discovery, ImageRecord, discover
+from mura_cli.io.discover import ImageRecord, discover
 from mura_cli.modeling import load_model, resolve_model_dir
 from mura_cli.predict import BatchResult, Predictor
 from mura_cli.report.images import Thumbnails, make_thumbnails
@@ -37,7 +37,7 @@ PARTIAL_IMAGES = "images.partial.csv"
 
 
 @dataclass(frozen=True)
-class Progress:
+class ProgressEvent:
     """What the library tells a caller while it works (the CLI draws it; the library prints nothing)."""
 
     stage: str  # 'start' | 'images' | 'report'
@@ -131,7 +131,7 @@ def _run_model(config, discovery, loaded, runtime, workers, out_dir, notify):
             partial.write(batch_rows)
             rows.extend(batch_rows)
             done += len(batch_rows)
-            notify(Progress("images", done, len(records)))
+            notify(ProgressEvent("images", done, len(records)))
     finally:
         partial.close()
     return pd.DataFrame(rows, columns=IMAGE_COLUMNS), visuals, predictor.heatmap_method
@@ -143,7 +143,31 @@ def _studies(images: pd.DataFrame, records: tuple[ImageRecord, ...], method: str
     return aggregate_studies(pd.concat([images, extra], axis=1), method, threshold)
 
 
-def score_folder(config: ScoreConfig, notify: Callable[[Progress], None] | None = None,
+def _run_record(config, loaded, runtime, workers, heatmap_method, discovery, images, studies, method,
+                threshold, started, seconds_model) -> dict:
+    """What run.json holds: versions, configuration, model identity, runtime choices, counts, timings."""
+    failed = int((images["error"] != "").sum())
+    return {
+        "tool": {"name": "mura-cli", "version": __version__, "python": platform.python_version(),
+                 "torch": torch.__version__},
+        "started": started,
+        "config": config.to_dict(),
+        "model": {"name": loaded.config.name, "path": str(loaded.path.resolve()),
+                  "weights_sha256": loaded.weights_sha256, "config": loaded.config.to_dict()},
+        "runtime": {"device": str(runtime.device), "precision": runtime.precision, "reason": runtime.reason,
+                    "workers": workers, "batch_size": config.batch_size, "heatmap_method": heatmap_method},
+        "aggregation": method,
+        "threshold": threshold,
+        "counts": {"images": len(images), "scored": len(images) - failed, "failed": failed,
+                   "studies": len(studies), "skipped_files": discovery.skipped,
+                   "positive_studies": int((studies["prediction"] == 1).sum()),
+                   "negative_studies": int((studies["prediction"] == 0).sum())},
+        "seconds": {"model": round(seconds_model, 3),
+                    "images_per_second": round(len(images) / max(seconds_model, 1e-9), 2)},
+    }
+
+
+def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | None = None,
                  overwrite: bool = False) -> ScoreResult:
     """Score every image below ``config.input``; write the results under ``config.out_dir``."""
     notify = notify or (lambda event: None)
@@ -156,7 +180,7 @@ def score_folder(config: ScoreConfig, notify: Callable[[Progress], None] | None 
                          f"({discovery.skipped} other files skipped)")
     out_dir = prepare_out_dir(Path(config.out_dir).expanduser(), overwrite)
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
-    notify(Progress("start", 0, len(discovery.images), f"{loaded.config.name} on {runtime.reason}"))
+    notify(ProgressEvent("start", 0, len(discovery.images), f"{loaded.config.name} on {runtime.reason}"))
     t_model = time.perf_counter()
     images, visuals, heatmap_method = _run_model(config, discovery, loaded, runtime, workers, out_dir, notify)
     seconds_model = time.perf_counter() - t_model
@@ -167,28 +191,11 @@ def score_folder(config: ScoreConfig, notify: Callable[[Progress], None] | None 
              "studies.csv": write_csv(studies, out_dir / "studies.csv")}
     (out_dir / PARTIAL_IMAGES).unlink(missing_ok=True)
     failures = [(p, e) for p, e in zip(images["path"], images["error"]) if e]
-    scored = len(images) - len(failures)
-    run = {
-        "tool": {"name": "mura-cli", "version": __version__, "python": platform.python_version(),
-                 "torch": torch.__version__},
-        "started": started,
-        "config": config.to_dict(),
-        "model": {"name": loaded.config.name, "path": str(loaded.path.resolve()),
-                  "weights_sha256": loaded.weights_sha256, "config": loaded.config.to_dict()},
-        "runtime": {"device": str(runtime.device), "precision": runtime.precision, "reason": runtime.reason,
-                    "workers": workers, "batch_size": config.batch_size, "heatmap_method": heatmap_method},
-        "aggregation": method,
-        "threshold": threshold,
-        "counts": {"images": len(images), "scored": scored, "failed": len(failures),
-                   "studies": len(studies), "skipped_files": discovery.skipped,
-                   "positive_studies": int((studies["prediction"] == 1).sum()),
-                   "negative_studies": int((studies["prediction"] == 0).sum())},
-        "seconds": {"model": round(seconds_model, 3),
-                    "images_per_second": round(len(images) / max(seconds_model, 1e-9), 2)},
-    }
+    run = _run_record(config, loaded, runtime, workers, heatmap_method, discovery, images, studies, method,
+                      threshold, started, seconds_model)
     report_error = ""
-    if config.pdf and scored:
-        notify(Progress("report", 0, len(studies)))
+    if config.pdf and run["counts"]["scored"]:
+        notify(ProgressEvent("report", 0, len(studies)))
         t_report = time.perf_counter()
         try:
             from mura_cli.report.pdf import render_score_report
@@ -201,5 +208,6 @@ def score_folder(config: ScoreConfig, notify: Callable[[Progress], None] | None 
     run["seconds"]["total"] = round(time.perf_counter() - clock, 3)
     run["report_error"] = report_error
     files["run.json"] = write_json(run, out_dir / "run.json")
+    scored = len(images) - len(failures)
     code = ExitCode.FATAL if scored == 0 else ExitCode.PARTIAL if failures or report_error else ExitCode.OK
     return ScoreResult(out_dir, images, studies, run, files, code, report_error, failures)

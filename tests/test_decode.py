@@ -140,3 +140,22 @@ def test_bad_files_raise_decode_error_with_reason(tmp_path, content, reason):
 def test_png_named_dcm_is_read_as_png(tmp_path):
     path = save_png8(radiograph(4), tmp_path / "actually_png.dcm")
     assert decode_image(path).shape == (90, 70)
+
+
+def test_voi_lut_sequence_is_applied(rg3_files, tmp_path):
+    """A VOI LUT Sequence ramp from `first` over `n` entries acts as a linear window on those values."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(rg3_files[0])
+    values = ds.pixel_array.astype(np.float64)
+    first, n = int(np.percentile(values, 5)), 512
+    item = Dataset()
+    item.add_new(0x00283002, "US", [n, first, 16])  # LUT Descriptor
+    item.add_new(0x00283006, "US", [int(round(k * 65535 / (n - 1))) for k in range(n)])  # LUT Data
+    ds.VOILUTSequence = Sequence([item])
+    del ds.WindowCenter
+    del ds.WindowWidth
+    ds.save_as(tmp_path / "voilut.dcm")
+    expected = 1.0 - np.clip((values - first) / (n - 1), 0, 1)  # then MONOCHROME1 inversion
+    np.testing.assert_allclose(decode_image(tmp_path / "voilut.dcm"), expected, atol=2e-5)

@@ -146,3 +146,26 @@ def test_weights_that_do_not_match_the_architecture(tmp_path, tiny_model, mura_f
     (broken / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="do not match 'resnet10t'"):
         run(mura_folder, tmp_path / "o", broken)
+
+
+def test_no_patient_demographics_in_any_output(tmp_path, tiny_model, rg3_files):
+    import pydicom
+    from pypdf import PdfReader
+
+    planted = {"PatientName": "Doe^Janeplanted", "PatientID": "PID-778899", "PatientBirthDate": "19230405",
+               "AccessionNumber": "ACC-55501", "InstitutionName": "Planted General Hospital",
+               "ReferringPhysicianName": "Smith^Plantedphys"}
+    ds = pydicom.dcmread(rg3_files[0])
+    for key, value in planted.items():
+        setattr(ds, key, value)
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "study.dcm")
+    config = ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), model=str(tiny_model),
+                         workers=0, pdf=True)
+    assert score_folder(config).exit_code == ExitCode.OK
+    texts = [p.read_text(encoding="utf-8") for p in (tmp_path / "out").glob("*.csv")]
+    texts.append((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))
+    texts.append("".join(page.extract_text() for page in PdfReader(tmp_path / "out" / "report.pdf").pages))
+    for value in planted.values():
+        for fragment in {value, value.replace("^", " "), value.split("^")[0]}:
+            assert not any(fragment in text for text in texts), fragment

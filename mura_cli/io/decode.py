@@ -135,7 +135,7 @@ def _apply_voi(values: np.ndarray, ds) -> np.ndarray:
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         item = ds.VOILUTSequence[0]
         lut = np.asarray(item.LUTData, dtype=np.float64)
-        out = apply_voi(values, ds).astype(np.float64)
+        out = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)  # a LUT takes integer inputs
         low, high = float(lut.min()), float(lut.max())
         return np.clip((out - low) / max(high - low, 1e-12), 0.0, 1.0)
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
