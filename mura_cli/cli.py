@@ -125,6 +125,100 @@ def score(
     raise typer.Exit(int(result.exit_code))
 
 
+class _TrainView:
+    """Per-epoch progress bar and a growing table of epoch metrics, on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar, self.task = quiet, None, None
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if event.stage == "start":
+            err.print(escape(event.message), soft_wrap=True)
+        elif event.stage == "batch":
+            if self.bar is None:
+                self.bar = Progress(TextColumn(f"epoch {event.epoch + 1}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), console=err, transient=True)
+                self.task = self.bar.add_task("train", total=event.total)
+                self.bar.start()
+            self.bar.update(self.task, completed=event.done)
+        elif event.stage == "epoch":
+            self.stop()
+            r = event.row
+            fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+            err.print(f"epoch {r['epoch']:>3} [{r['phase']}]  train loss {r['train_loss']:.4f}  "
+                      f"val loss {r['val_loss']:.4f}  val AUROC {fmt(r['val_auroc'])}  "
+                      f"kappa {fmt(r['val_kappa'])}  lr {r['lr']:.2e}  {r['seconds']:.0f} s", markup=False, soft_wrap=True)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (config.json, model.safetensors, ...)."),
+    arch: str = typer.Option("efficientnet_lite0", help="timm architecture (densenet169, efficientnet_b0, resnet50, ...)."),
+    img_size: int = typer.Option(320, "--img-size", min=32, max=2048),
+    in_chans: int = typer.Option(1, "--in-chans", min=1, max=3, help="1: grayscale input (no wasted channels); 3: RGB copies."),
+    epochs: int = typer.Option(20, min=1),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    lr: float = typer.Option(3e-4, help="Learning rate for all layers."),
+    head_lr: float = typer.Option(1e-3, "--head-lr", help="Learning rate of the classifier while the backbone is frozen."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    freeze_epochs: int = typer.Option(1, "--freeze-epochs", min=0, help="Epochs that train the classifier alone."),
+    scheduler: str = typer.Option("cosine", help="cosine or plateau."),
+    patience: int = typer.Option(5, min=1, help="Stop after this many epochs without improvement."),
+    monitor: str = typer.Option("auroc", help="Validation study metric for model selection: auroc or kappa."),
+    class_weights: str = typer.Option("per-part", "--class-weights", help="none, global or per-part (MURA paper)."),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.01, max=0.9),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    precision: str = typer.Option("auto"),
+    workers: Optional[int] = typer.Option(None, min=0),
+    pretrained: bool = typer.Option(False, "--pretrained", help="ImageNet weights through timm's hub (online)."),
+    init_weights: Optional[str] = typer.Option(None, "--init-weights", help="Local initial weights (.safetensors)."),
+    flip: bool = typer.Option(True, "--flip/--no-flip"),
+    rotate: float = typer.Option(30.0, help="Random rotation, degrees (0 disables)."),
+    brightness: float = typer.Option(0.2),
+    contrast: float = typer.Option(0.2),
+    scale: float = typer.Option(0.1, help="Random zoom, +- fraction."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    name: str = typer.Option("", help="Model name (default: the folder name)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Fine-tune a timm model; write a model folder that `score` and `evaluate` take."""
+    from mura_cli.config import TrainConfig
+    from mura_cli.train import train as run_training
+
+    try:
+        config = TrainConfig(data=str(data), out_dir=str(out), arch=arch, img_size=img_size, in_chans=in_chans,
+                             epochs=epochs, batch_size=batch_size, lr=lr, head_lr=head_lr, weight_decay=weight_decay,
+                             freeze_epochs=freeze_epochs, scheduler=scheduler, patience=patience, monitor=monitor,
+                             class_weights=class_weights, val_fraction=val_fraction, seed=seed, device=device,
+                             precision=precision, workers=workers, pretrained=pretrained, init_weights=init_weights,
+                             flip=flip, rotate=rotate, brightness=brightness, contrast=contrast, scale=scale,
+                             resume=resume, name=name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    view = _TrainView(quiet)
+    try:
+        result = run_training(config, notify=view)
+    except MuraError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; continue with the same command plus --resume (state in {out})") from None
+    finally:
+        view.stop()
+    if not quiet:
+        v = result.val_metrics
+        err.print(f"best epoch {result.best_epoch}: validation study AUROC {v['auroc']:.4f}, kappa {v['kappa']:.4f} "
+                  f"at threshold {result.threshold:.4f}; model written to {result.out_dir}", markup=False, soft_wrap=True)
+
+
 @app.command("sample-data")
 def sample_data(folder: Path = typer.Argument(Path("samples"), help="Where to write the sample studies.")) -> None:
     """Write real sample radiographs (an extremity CR from pydicom-data, MIT) to FOLDER."""

@@ -123,3 +123,84 @@ class ScoreConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One `train` run. Written to ``train_config.json`` in the model folder."""
+
+    data: str
+    out_dir: str
+    arch: str = "efficientnet_lite0"
+    img_size: int = 320
+    in_chans: int = 1  # grayscale radiographs: one input channel, pretrained first conv summed over RGB
+    resize: str = "letterbox"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-4  # all layers
+    head_lr: float = 1e-3  # the classifier alone, during --freeze-epochs
+    weight_decay: float = 1e-4
+    freeze_epochs: int = 1
+    scheduler: str = "cosine"  # cosine | plateau
+    patience: int = 5  # epochs without improvement before stopping
+    monitor: str = "auroc"  # auroc | kappa (study level, validation)
+    class_weights: str = "per-part"  # none | global | per-part
+    val_fraction: float = 0.15
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    pretrained: bool = False  # ImageNet weights through timm's hub (needs network)
+    init_weights: str | None = None  # a local weights file (safetensors) or a known offline source
+    flip: bool = True
+    rotate: float = 30.0  # degrees, as in the MURA paper
+    brightness: float = 0.2
+    contrast: float = 0.2
+    scale: float = 0.1
+    resume: bool = False
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("cosine", "plateau"):
+            raise ValueError("scheduler must be cosine or plateau")
+        if self.monitor not in ("auroc", "kappa"):
+            raise ValueError("monitor must be auroc or kappa")
+        if self.class_weights not in ("none", "global", "per-part"):
+            raise ValueError("class_weights must be none, global or per-part")
+        if self.in_chans not in (1, 3):
+            raise ValueError("in_chans must be 1 or 3")
+        if not 0 <= self.freeze_epochs <= self.epochs or self.epochs < 1:
+            raise ValueError("need epochs >= 1 and 0 <= freeze_epochs <= epochs")
+        if self.precision not in choices.PRECISIONS:
+            raise ValueError(f"precision must be one of {list(choices.PRECISIONS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One `evaluate` run. Written to ``eval_config.json`` next to the metrics."""
+
+    data: str
+    out_dir: str
+    model: str | None = None
+    split: str | None = None  # None: 'valid' if present, else 'test', else every row
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 32
+    workers: int | None = None
+    boxes: str | None = None  # CSV: image_id or path, x0, y0, x1, y1
+    bootstrap: int = 1000
+    seed: int = 0
+    target_sensitivity: float = 0.9
+    pdf: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < 1:
+            raise ValueError("bootstrap must be at least 1")
+        if not 0.0 < self.target_sensitivity < 1.0:
+            raise ValueError("target_sensitivity must be between 0 and 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -78,3 +78,50 @@ def create_loader(
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )
+
+
+class AugmentedDataset(ImageDataset):
+    """Training images: the same decode and canvas, then random flip, rotation, scale, brightness and
+    contrast on the uint8 canvas (torchvision transforms v2)."""
+
+    def __init__(self, records: Sequence[ImageRecord], model_cfg: ModelConfig, augment):
+        super().__init__(records, model_cfg)
+        self.augment = augment
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        if self.augment is not None and not item["error"]:
+            item["image"] = self.augment(item["image"])
+        record = self.records[index]
+        item["label"] = int(record.label)
+        item["body_part"] = record.body_part
+        return item
+
+
+def create_augment(flip: bool, rotate: float, scale: float, brightness: float, contrast: float):
+    from torchvision.transforms import v2
+
+    steps = []
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if rotate or scale:
+        steps.append(v2.RandomAffine(degrees=rotate, scale=(1 - scale, 1 + scale) if scale else None, fill=0))
+    if brightness or contrast:
+        steps.append(v2.ColorJitter(brightness=brightness or None, contrast=contrast or None))
+    return v2.Compose(steps) if steps else None
+
+
+def create_train_loader(records, model_cfg: ModelConfig, augment, batch_size: int, workers: int,
+                        device: torch.device, generator: torch.Generator) -> DataLoader:
+    dataset = AugmentedDataset(records, model_cfg, augment)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=len(dataset) > batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+    )

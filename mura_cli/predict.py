@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from mura_cli import cam
+from mura_cli.data import create_loader
 from mura_cli.device import Runtime
+from mura_cli.geometry import Geometry
+from mura_cli.io.discover import ImageRecord
 from mura_cli.modeling import LoadedModel
 
 
@@ -22,12 +26,30 @@ class BatchResult:
     peaks: np.ndarray  # (B, 2) canvas y, x of the heatmap peak; -1 where none
     heatmaps: np.ndarray | None  # (B, H, W) float32 in [0, 1] on the canvas, when kept
 
+    def geometry(self, k: int) -> Geometry:
+        return Geometry(*self.geometries[k].tolist())
+
+    def image_row(self, record: ImageRecord, k: int) -> dict:
+        """The images.csv row of item k: probability or error, size, heatmap peak in original pixels."""
+        error = self.errors[k]
+        row = {"path": record.rel_path, "study_id": record.study_id, "body_part": record.body_part,
+               "probability": np.nan if error else float(self.probabilities[k]), "error": error,
+               "width": pd.NA, "height": pd.NA, "heatmap_peak_x": pd.NA, "heatmap_peak_y": pd.NA}
+        if not error:
+            geometry = self.geometry(k)
+            row["width"], row["height"] = geometry.orig_w, geometry.orig_h
+            if self.peaks[k, 0] >= 0:
+                y, x = geometry.canvas_to_original(*self.peaks[k].tolist())
+                row["heatmap_peak_x"], row["heatmap_peak_y"] = int(round(x)), int(round(y))
+        return row
+
 
 class Predictor:
     """The model on its device, ready to turn loader batches into BatchResults."""
 
     def __init__(self, loaded: LoadedModel, runtime: Runtime, heatmaps: bool = True, keep_maps: bool = False):
         cfg = loaded.config
+        self.config = cfg
         self.runtime = runtime
         self.channels, self.height, self.width = cfg.input_size
         self.model = loaded.model.to(runtime.device).eval()
@@ -95,3 +117,15 @@ class Predictor:
             peaks=peaks,
             heatmaps=maps,
         )
+
+
+IMAGE_COLUMNS = [
+    "path", "study_id", "body_part", "probability", "error", "width", "height", "heatmap_peak_x", "heatmap_peak_y",
+]
+
+
+def predict_records(predictor: Predictor, records, batch_size: int, workers: int):
+    """Yield a BatchResult per batch of ``records`` (decoded in ``workers`` processes)."""
+    loader = create_loader(records, predictor.config, batch_size, workers, predictor.runtime.device)
+    for batch in loader:
+        yield predictor(batch)

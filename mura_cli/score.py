@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -19,19 +18,15 @@ from mura_cli import __version__
 from mura_cli.aggregate import aggregate_studies
 from mura_cli.choices import ExitCode
 from mura_cli.config import ScoreConfig
-from mura_cli.data import create_loader, default_workers
+from mura_cli.data import default_workers
 from mura_cli.device import create_runtime
 from mura_cli.errors import InputError, ReportError
-from mura_cli.geometry import Geometry
 from mura_cli.io.discover import ImageRecord, discover
 from mura_cli.modeling import load_model, resolve_model_dir
-from mura_cli.predict import BatchResult, Predictor
+from mura_cli.predict import IMAGE_COLUMNS, BatchResult, Predictor, predict_records
 from mura_cli.report.images import Thumbnails, make_thumbnails
 from mura_cli.report.tables import write_csv, write_json
 
-IMAGE_COLUMNS = [
-    "path", "study_id", "body_part", "probability", "error", "width", "height", "heatmap_peak_x", "heatmap_peak_y",
-]
 RESULT_FILES = ("images.csv", "studies.csv", "run.json", "report.pdf")
 PARTIAL_IMAGES = "images.partial.csv"
 
@@ -76,26 +71,11 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     return out_dir
 
 
-def _image_row(record: ImageRecord, result: BatchResult, k: int) -> dict:
-    error = result.errors[k]
-    row = {"path": record.rel_path, "study_id": record.study_id, "body_part": record.body_part,
-           "probability": np.nan if error else float(result.probabilities[k]), "error": error,
-           "width": pd.NA, "height": pd.NA, "heatmap_peak_x": pd.NA, "heatmap_peak_y": pd.NA}
-    if not error:
-        geometry = Geometry(*result.geometries[k].tolist())
-        row["width"], row["height"] = geometry.orig_w, geometry.orig_h
-        if result.peaks[k, 0] >= 0:
-            y, x = geometry.canvas_to_original(*result.peaks[k].tolist())
-            row["heatmap_peak_x"], row["heatmap_peak_y"] = int(round(x)), int(round(y))
-    return row
-
-
 def _thumbnails(result: BatchResult, k: int) -> Thumbnails | None:
     if result.errors[k]:
         return None
-    geometry = Geometry(*result.geometries[k].tolist())
     heat = result.heatmaps[k] if result.heatmaps is not None else None
-    return make_thumbnails(result.canvases[k, 0].numpy(), geometry, heat)
+    return make_thumbnails(result.canvases[k, 0].numpy(), result.geometry(k), heat)
 
 
 class _PartialWriter:
@@ -119,13 +99,11 @@ def _run_model(config, discovery, loaded, runtime, workers, out_dir, notify):
     """The one pass over the images: rows for images.csv and, with --pdf, thumbnails."""
     records = discovery.images
     predictor = Predictor(loaded, runtime, heatmaps=config.heatmaps, keep_maps=config.pdf)
-    loader = create_loader(records, loaded.config, config.batch_size, workers, runtime.device)
     rows, visuals, done = [], {}, 0
     partial = _PartialWriter(out_dir / PARTIAL_IMAGES)
     try:
-        for batch in loader:
-            result = predictor(batch)
-            batch_rows = [_image_row(records[i], result, k) for k, i in enumerate(result.indices)]
+        for result in predict_records(predictor, records, config.batch_size, workers):
+            batch_rows = [result.image_row(records[i], k) for k, i in enumerate(result.indices)]
             if config.pdf:
                 visuals.update({i: _thumbnails(result, k) for k, i in enumerate(result.indices)})
             partial.write(batch_rows)

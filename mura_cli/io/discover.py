@@ -144,3 +144,12 @@ def discover(input_path: str | Path) -> Discovery:
             continue
         images.append(_record(path, given, kind))
     return Discovery(root=given, images=tuple(images), skipped=skipped, skipped_examples=tuple(examples))
+
+
+def records_from_table(table) -> list[ImageRecord]:
+    """ImageRecords for the rows of a labelled table (see mura_cli.datasets)."""
+    return [
+        ImageRecord(path=Path(row["path"]), rel_path=row["rel_path"], kind="", study_id=row["study_id"],
+                    patient_id=row["patient_id"], body_part=row["body_part"], label=int(row["label"]))
+        for row in table.to_dict("records")
+    ]

@@ -1,0 +1,106 @@
+"""Metrics the field reports, from scikit-learn: AUROC, Cohen's kappa, sensitivity, specificity, ...;
+bootstrap confidence intervals by resampling studies; operating points; calibration; localisation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss, cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
+
+CI_METRICS = ("auroc", "kappa", "accuracy", "sensitivity", "specificity", "precision", "f1")
+
+
+def _nan_safe(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
+    """Point metrics at one threshold. AUROC is None when only one class is present."""
+    y = np.asarray(y, dtype=int)
+    pred = (np.asarray(p) >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    both = len(np.unique(y)) == 2
+    return {
+        "n": int(len(y)), "n_positive": int(y.sum()),
+        "auroc": float(roc_auc_score(y, p)) if both else None,
+        "kappa": _nan_safe(cohen_kappa_score(y, pred, labels=[0, 1])) if len(y) else None,
+        "accuracy": (tp + tn) / len(y) if len(y) else None,
+        "sensitivity": tp / (tp + fn) if tp + fn else None,
+        "specificity": tn / (tn + fp) if tn + fp else None,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+def bootstrap_ci(y, p, threshold: float, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile intervals from resampling rows (studies) with replacement; a resample that lacks a
+    class is skipped for the metrics that need both."""
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = {name: [] for name in CI_METRICS}
+    for _ in range(resamples):
+        index = rng.integers(0, len(y), len(y))
+        values = threshold_metrics(y[index], p[index], threshold)
+        for name in CI_METRICS:
+            if values[name] is not None:
+                draws[name].append(values[name])
+    tail = (1 - level) / 2 * 100
+    return {name: ([float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if v else None)
+            for name, v in draws.items()}
+
+
+def operating_points(y, p, model_threshold: float, target_sensitivity: float = 0.9) -> dict:
+    """Thresholds: the model's, Youden's J (max sensitivity + specificity - 1), and the highest
+    threshold that reaches the target sensitivity."""
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    points = {"model": model_threshold}
+    if len(np.unique(y)) == 2:
+        fpr, tpr, thresholds = roc_curve(y, p)
+        finite = np.isfinite(thresholds)
+        j = np.where(finite, tpr - fpr, -np.inf)
+        points["youden"] = float(thresholds[int(np.argmax(j))])
+        reach = np.flatnonzero((tpr >= target_sensitivity) & finite)
+        if reach.size:
+            points[f"sensitivity_{target_sensitivity:g}"] = float(thresholds[reach[0]])
+    return {name: {"threshold": t, **threshold_metrics(y, p, t)} for name, t in points.items()}
+
+
+def calibration(y, p, bins: int = 10) -> dict:
+    """Brier score, expected calibration error (equal-width bins, weighted by bin size) and the
+    reliability curve (sklearn's calibration_curve)."""
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece = sum(abs(y[which == b].mean() - p[which == b].mean()) * (which == b).mean()
+              for b in range(bins) if (which == b).any())
+    observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="uniform") if len(np.unique(y)) == 2 else ([], [])
+    return {"brier": float(brier_score_loss(y, p, labels=[0, 1])), "ece": float(ece), "bins": bins,
+            "curve": {"predicted": [float(v) for v in predicted], "observed": [float(v) for v in observed]}}
+
+
+def expand_box(box, margin: float = 0.1):
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * margin, (y1 - y0) * margin
+    return x0 - dx, y0 - dy, x1 + dx, y1 + dy
+
+
+def pointing_hit(peak_xy, boxes, margin: float = 0.1) -> bool:
+    """Is the heatmap's peak inside any box, each grown by ``margin`` of its size on every side?"""
+    x, y = peak_xy
+    return any(x0 <= x <= x1 and y0 <= y <= y1 for x0, y0, x1, y1 in (expand_box(b, margin) for b in boxes))
+
+
+def energy_inside(heatmap: np.ndarray, boxes) -> float:
+    """Share of the heatmap's total energy (sum) that lies inside the boxes (pixel coordinates of the
+    heatmap's own grid; a pixel counts when its centre is inside)."""
+    total = float(heatmap.sum())
+    if total <= 0:
+        return 0.0
+    ys, xs = np.mgrid[0 : heatmap.shape[0], 0 : heatmap.shape[1]]
+    inside = np.zeros(heatmap.shape, dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        inside |= (xs + 0.5 >= x0) & (xs + 0.5 <= x1) & (ys + 0.5 >= y0) & (ys + 0.5 <= y1)
+    return float(heatmap[inside].sum() / total)

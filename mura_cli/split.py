@@ -1,0 +1,19 @@
+"""Patient-level train/validation split, stratified by label and body part, seeded."""
+
+from __future__ import annotations
+
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+
+def patient_split(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
+    """'train' or 'val' per row; every patient's images fall on one side only."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError("val_fraction must be between 0 and 1")
+    folds = max(2, round(1.0 / val_fraction))
+    strata = table["body_part"].astype(str) + "_" + table["label"].astype(str)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    _, val_index = next(splitter.split(table, strata, groups=table["patient_id"]))
+    side = pd.Series("train", index=table.index)
+    side.iloc[val_index] = "val"
+    return side

@@ -1,0 +1,312 @@
+"""train(config): fine-tune a timm model on labelled radiographs, the MURA recipe.
+
+Patient-level stratified split; BCE with per-body-part class weights (MURA paper: w1 = N/(A+N),
+w0 = A/(A+N) per study type); augmentation; head-first then all layers; AdamW with cosine or
+reduce-on-plateau; early stopping on validation study-level AUROC or kappa; best checkpoint kept;
+threshold chosen on validation (Youden's J); resumable from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mura_cli import __version__
+from mura_cli.aggregate import aggregate_studies
+from mura_cli.config import ModelConfig, TrainConfig
+from mura_cli.data import create_augment, create_train_loader, default_workers
+from mura_cli.datasets import read_dataset
+from mura_cli.device import Runtime, create_runtime
+from mura_cli.errors import MuraError
+from mura_cli.io.discover import records_from_table
+from mura_cli.metrics import operating_points, threshold_metrics
+from mura_cli.modeling import LoadedModel, create_model
+from mura_cli.predict import Predictor, predict_records
+from mura_cli.split import patient_split
+from mura_cli import training_io
+
+LOG_COLUMNS = ["epoch", "phase", "train_loss", "val_loss", "val_auroc", "val_kappa", "lr", "seconds"]
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    stage: str  # 'start' | 'batch' | 'epoch'
+    epoch: int = 0
+    done: int = 0
+    total: int = 0
+    row: dict | None = None
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    log: pd.DataFrame
+    best_epoch: int
+    best_metric: float
+    threshold: float
+    val_metrics: dict
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def prepare_split(config: TrainConfig) -> pd.DataFrame:
+    """The training pool (never the official/declared 'valid' or 'test' rows) with a 'side' column."""
+    table = read_dataset(config.data)
+    pool = table[table["split"].isin(["train", ""])].reset_index(drop=True)
+    if pool.empty:
+        raise MuraError(f"{config.data}: no training images (rows with split 'train' or no split)")
+    pool["side"] = patient_split(pool, config.val_fraction, config.seed)
+    for side in ("train", "val"):
+        labels = set(pool.loc[pool["side"] == side, "label"])
+        if labels != {0, 1}:
+            raise MuraError(f"the {side} part needs both labels; got {sorted(labels)} (more data or another seed)")
+    return pool
+
+
+def class_weights(train: pd.DataFrame, mode: str) -> dict[tuple[str, int], float]:
+    """(body_part, label) -> weight, from study counts: w1 = N/(A+N), w0 = A/(A+N)."""
+    studies = train.drop_duplicates("study_id")
+    groups = {"per-part": studies.groupby("body_part"), "global": [("", studies)]}.get(mode)
+    parts = train["body_part"].unique()
+    if groups is None:
+        return {(part, label): 1.0 for part in parts for label in (0, 1)}
+    weights = {}
+    for part, group in groups:
+        abnormal, normal = int(group["label"].sum()), int((group["label"] == 0).sum())
+        total = max(abnormal + normal, 1)
+        for target in (parts if mode == "global" else [part]):
+            weights[(target, 1)] = normal / total if abnormal and normal else 1.0
+            weights[(target, 0)] = abnormal / total if abnormal and normal else 1.0
+    return weights
+
+
+def model_config_for(config: TrainConfig) -> ModelConfig:
+    import timm
+
+    try:
+        pretrained_cfg = timm.get_pretrained_cfg(config.arch)
+        mean, std = tuple(pretrained_cfg.mean), tuple(pretrained_cfg.std)
+    except Exception:  # architectures without a pretrained config: ImageNet statistics
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    if config.in_chans == 1:
+        mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+    return ModelConfig(architecture=config.arch, input_size=(config.in_chans, config.img_size, config.img_size),
+                       mean=mean, std=std, resize=config.resize, name=config.name or Path(config.out_dir).name)
+
+
+class Trainer:
+    """Model, optimiser, schedule and random state of one run; everything a checkpoint holds."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, model_cfg: ModelConfig, runtime: Runtime):
+        self.config, self.model_cfg, self.runtime = config, model_cfg, runtime
+        self.model = model.to(runtime.device)
+        if runtime.device.type != "mps":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        head = list(self.model.get_classifier().parameters())
+        head_ids = {id(p) for p in head}
+        body = [p for p in self.model.parameters() if id(p) not in head_ids]
+        self.head, self.body = head, body
+        self.optimizer = torch.optim.AdamW([{"params": body}, {"params": head}], lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = self._scheduler()
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0
+        self.best_metric = -np.inf
+        self.best_epoch = -1
+        self.best_state: dict | None = None
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+
+    def _scheduler(self):
+        cfg = self.config
+        if cfg.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.1, patience=1)
+        span = max(cfg.epochs - cfg.freeze_epochs, 1)
+        lam = lambda e: 0.5 * (1 + np.cos(np.pi * min(max(e - cfg.freeze_epochs, 0), span) / span))  # noqa: E731
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, [lam, lam])
+
+    def set_phase(self, epoch: int) -> str:
+        """Head only (backbone frozen, its batch-norm statistics too) or all layers."""
+        frozen = epoch < self.config.freeze_epochs
+        for p in self.body:
+            p.requires_grad_(not frozen)
+        self.model.train()
+        if frozen:  # the classifier has no batch norm: every batch-norm layer belongs to the backbone
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+            self.optimizer.param_groups[1]["lr"] = self.config.head_lr
+        else:
+            self.optimizer.param_groups[1]["lr"] = self.optimizer.param_groups[0]["lr"]
+        return "head" if frozen else "all"
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        device = self.runtime.device
+        mean = torch.tensor(self.model_cfg.mean, device=device).view(1, -1, 1, 1) * 255.0
+        std = torch.tensor(self.model_cfg.std, device=device).view(1, -1, 1, 1) * 255.0
+        x = images.to(device, non_blocking=True).float()
+        if self.model_cfg.input_size[0] != 1:
+            x = x.expand(-1, self.model_cfg.input_size[0], -1, -1)
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if device.type != "mps" else x
+
+    def step(self, batch: dict) -> tuple[float, int]:
+        valid = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
+        if not valid.any():
+            return 0.0, 0
+        x = self.prepare(batch["image"][valid])
+        y = batch["label"][valid].float().to(self.runtime.device)
+        w = batch["weight"][valid].float().to(self.runtime.device)
+        with self.runtime.autocast():
+            logits = self.model(x)[:, 0]
+        loss = (nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="none") * w).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach()), int(valid.sum())
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch": self.epoch, "best_metric": float(self.best_metric), "best_epoch": self.best_epoch,
+                "best_state": self.best_state, "bad_epochs": self.bad_epochs, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.best_metric, self.best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
+        self.best_state, self.bad_epochs, self.history = state["best_state"], state["bad_epochs"], state["history"]
+
+
+def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tuple[dict, pd.DataFrame]:
+    loaded = LoadedModel(trainer.model, trainer.model_cfg, Path("."), "")
+    predictor = Predictor(loaded, trainer.runtime, heatmaps=False)
+    probs = np.full(len(records), np.nan)
+    for result in predict_records(predictor, records, trainer.config.batch_size, workers):
+        probs[result.indices] = result.probabilities
+    images = val.assign(probability=probs)
+    studies = aggregate_studies(images, "mean", 0.5).dropna(subset=["probability"])
+    y, p = studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float)
+    metrics = threshold_metrics(y, p, 0.5)
+    eps = 1e-7
+    metrics["loss"] = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+    return metrics, studies
+
+
+def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> float:
+    total, count = 0.0, 0
+    for k, batch in enumerate(loader):
+        batch["weight"] = torch.tensor([weights.get((bp, int(lb)), 1.0)
+                                        for bp, lb in zip(batch["body_part"], batch["label"])])
+        loss, n = trainer.step(batch)
+        total, count = total + loss * n, count + n
+        notify(TrainEvent("batch", epoch, k + 1, len(loader)))
+    if count == 0:
+        raise MuraError("no training image could be decoded")
+    return total / count
+
+
+def _monitor(metrics: dict, name: str) -> float:
+    value = metrics.get(name)
+    return -np.inf if value is None else float(value)
+
+
+def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out_dir, notify) -> None:
+    cfg = trainer.config
+    while trainer.epoch < cfg.epochs and trainer.bad_epochs < cfg.patience:
+        epoch, started = trainer.epoch, time.perf_counter()
+        phase = trainer.set_phase(epoch)
+        lr = trainer.optimizer.param_groups[1 if phase == "head" else 0]["lr"]
+        train_loss = train_epoch(trainer, loader, weights, notify, epoch)
+        metrics, _ = validate(trainer, val, val_records, workers)
+        score = _monitor(metrics, cfg.monitor)
+        if cfg.scheduler == "plateau":
+            trainer.scheduler.step(score if np.isfinite(score) else 0.0)
+        else:
+            trainer.scheduler.step()
+        if score > trainer.best_metric:
+            trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = score, epoch, 0
+            trainer.best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+        else:
+            trainer.bad_epochs += 1
+        row = {"epoch": epoch + 1, "phase": phase, "train_loss": train_loss, "val_loss": metrics["loss"],
+               "val_auroc": metrics["auroc"], "val_kappa": metrics["kappa"],
+               "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
+        trainer.history.append(row)
+        trainer.epoch = epoch + 1
+        training_io.save_checkpoint(trainer.state_dict(), out_dir)
+        notify(TrainEvent("epoch", epoch + 1, row=row))
+
+
+def train(config: TrainConfig, notify: Callable[[TrainEvent], None] | None = None) -> TrainResult:
+    notify = notify or (lambda event: None)
+    seed_everything(config.seed)
+    out_dir = Path(config.out_dir).expanduser()
+    training_io.prepare_model_dir(out_dir, config.resume)
+    pool = prepare_split(config)
+    train_rows = pool[pool["side"] == "train"].reset_index(drop=True)
+    val = pool[pool["side"] == "val"].reset_index(drop=True)
+    runtime = create_runtime(config.device, config.precision)
+    model_cfg = model_config_for(config)
+    model = training_io.initial_model(config, model_cfg)
+    trainer = Trainer(config, model, model_cfg, runtime)
+    if config.resume:
+        trainer.load_state_dict(training_io.load_checkpoint(out_dir))
+    workers = config.workers if config.workers is not None else default_workers(runtime.device)
+    weights = class_weights(train_rows, config.class_weights)
+    augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
+    loader = create_train_loader(records_from_table(train_rows), model_cfg, augment, config.batch_size, workers,
+                                 runtime.device, trainer.generator)
+    notify(TrainEvent("start", trainer.epoch, total=config.epochs,
+                      message=f"{len(train_rows)} training / {len(val)} validation images; {runtime.reason}"))
+    val_records = records_from_table(val)
+    run_epochs(trainer, loader, weights, val, val_records, workers, out_dir, notify)
+    return finish(trainer, pool, val, val_records, workers, out_dir)
+
+
+def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> TrainResult:
+    """Best weights back, threshold from validation, model folder written."""
+    if trainer.best_state is not None:
+        trainer.model.load_state_dict(trainer.best_state)
+    metrics, studies = validate(trainer, val, val_records, workers)
+    y, p = studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float)
+    points = operating_points(y, p, 0.5)
+    threshold = float(points.get("youden", points["model"])["threshold"])
+    val_metrics = {**threshold_metrics(y, p, threshold), "threshold": threshold}
+    log = pd.DataFrame(trainer.history, columns=LOG_COLUMNS)
+    model_cfg = trainer.model_cfg.replace(threshold=threshold, provenance=_provenance(trainer, pool, val_metrics))
+    training_io.write_model_dir(trainer.model, model_cfg, trainer.config, log, pool, val_metrics, out_dir)
+    return TrainResult(out_dir, log, trainer.best_epoch + 1, trainer.best_metric, threshold, val_metrics)
+
+
+def _provenance(trainer: Trainer, pool: pd.DataFrame, val_metrics: dict) -> dict:
+    cfg = trainer.config
+    return {"tool": f"mura-cli {__version__}", "data": cfg.data, "recipe": copy.deepcopy(cfg.to_dict()),
+            "images": {"train": int((pool["side"] == "train").sum()), "val": int((pool["side"] == "val").sum())},
+            "best_epoch": trainer.best_epoch + 1, "monitor": cfg.monitor,
+            "validation_study_metrics": {k: v for k, v in val_metrics.items() if k != "confusion"},
+            "threshold_rule": "Youden's J on validation studies"}
+
