@@ -39,7 +39,7 @@ class _ProgressView:
         if self.quiet:
             return
         if event.stage == "start":
-            err.print(f"Scoring {event.total} images with {escape(event.message)}", soft_wrap=True)
+            err.print(escape(event.message), soft_wrap=True)
             self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]}"),
                                 TimeRemainingColumn(), console=err, transient=True)
@@ -48,9 +48,10 @@ class _ProgressView:
         elif event.stage == "images" and self.bar is not None:
             speed = self.bar.tasks[0].speed
             self.bar.update(self.task, completed=event.done, rate=f"{speed:.1f} img/s" if speed else "")
-        elif event.stage == "report":
+        elif event.stage in ("report", "metrics"):
             self.stop()
-            err.print(f"Writing the PDF report ({event.total} studies)")
+            if event.message:
+                err.print(escape(event.message), soft_wrap=True)
 
     def stop(self) -> None:
         if self.bar is not None:
@@ -217,6 +218,58 @@ def train(
         v = result.val_metrics
         err.print(f"best epoch {result.best_epoch}: validation study AUROC {v['auroc']:.4f}, kappa {v['kappa']:.4f} "
                   f"at threshold {result.threshold:.4f}; model written to {result.out_dir}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(..., help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or name (default: the default model)."),
+    out: Path = typer.Option(Path("mura-evaluation"), "--out", "-o"),
+    split: Optional[str] = typer.Option(None, help="train, valid, test or all (default: valid, else test, else all)."),
+    boxes: Optional[Path] = typer.Option(None, help="CSV of boxes (image_id or path, x0, y0, x1, y1) for heatmap localisation."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf."),
+    bootstrap: int = typer.Option(1000, min=100, help="Bootstrap resamples of studies for 95% CIs."),
+    target_sensitivity: float = typer.Option(0.9, "--target-sensitivity", min=0.01, max=0.99),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    precision: str = typer.Option("auto"),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    workers: Optional[int] = typer.Option(None, min=0),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Judge a model: AUROC, kappa, sensitivity, specificity (with 95% CIs) per body part, and more."""
+    from mura_cli.config import EvalConfig
+    from mura_cli.evaluate import evaluate as run_evaluation
+
+    config = EvalConfig(data=str(data), out_dir=str(out), model=model, split=split, device=device,
+                        precision=precision, batch_size=batch_size, workers=workers,
+                        boxes=str(boxes) if boxes else None, bootstrap=bootstrap, seed=seed,
+                        target_sensitivity=target_sensitivity, pdf=pdf)
+    view = _ProgressView(quiet)
+    try:
+        result = run_evaluation(config, notify=view, overwrite=overwrite)
+    except MuraError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        view.stop()
+    if not quiet:
+        _eval_summary(result)
+
+
+def _eval_summary(result) -> None:
+    table = Table(title=f"study level, split '{result.metrics['run']['split']}' (95% CI)", title_justify="left")
+    for column in ("group", "n (pos.)", "AUROC", "kappa", "sensitivity", "specificity"):
+        table.add_column(column)
+    study = result.metrics["study"]
+    for name, v in [("overall", study["overall"]), *study["per_body_part"].items()]:
+        cells = []
+        for metric in ("auroc", "kappa", "sensitivity", "specificity"):
+            value, ci = v[metric]["value"], v[metric]["ci"]
+            cells.append("-" if value is None else f"{value:.3f}" + (f"\n[{ci[0]:.3f}-{ci[1]:.3f}]" if ci else ""))
+        table.add_row(name, f"{v['n']} ({v['n_positive']})", *cells)
+    err.print(table)
+    err.print(f"results in {result.out_dir}", markup=False, soft_wrap=True)
 
 
 @app.command("sample-data")

@@ -158,7 +158,8 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
                          f"({discovery.skipped} other files skipped)")
     out_dir = prepare_out_dir(Path(config.out_dir).expanduser(), overwrite)
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
-    notify(ProgressEvent("start", 0, len(discovery.images), f"{loaded.config.name} on {runtime.reason}"))
+    notify(ProgressEvent("start", 0, len(discovery.images),
+                         f"Scoring {len(discovery.images)} images with {loaded.config.name} on {runtime.reason}"))
     t_model = time.perf_counter()
     images, visuals, heatmap_method = _run_model(config, discovery, loaded, runtime, workers, out_dir, notify)
     seconds_model = time.perf_counter() - t_model
@@ -173,7 +174,7 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
                       threshold, started, seconds_model)
     report_error = ""
     if config.pdf and run["counts"]["scored"]:
-        notify(ProgressEvent("report", 0, len(studies)))
+        notify(ProgressEvent("report", 0, len(studies), f"Writing the PDF report ({len(studies)} studies)"))
         t_report = time.perf_counter()
         try:
             from mura_cli.report.pdf import render_score_report

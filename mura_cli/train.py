@@ -29,7 +29,7 @@ from mura_cli.device import Runtime, create_runtime
 from mura_cli.errors import MuraError
 from mura_cli.io.discover import records_from_table
 from mura_cli.metrics import operating_points, threshold_metrics
-from mura_cli.modeling import LoadedModel, create_model
+from mura_cli.modeling import LoadedModel
 from mura_cli.predict import Predictor, predict_records
 from mura_cli.split import patient_split
 from mura_cli import training_io

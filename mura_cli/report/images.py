@@ -66,5 +66,5 @@ def make_thumbnails(canvas: np.ndarray, geometry: Geometry, heatmap: np.ndarray 
     return Thumbnails(_jpeg(gray), _jpeg(overlay(gray, heat)))
 
 
-def data_uri(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")

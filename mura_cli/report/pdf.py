@@ -89,3 +89,26 @@ def render_score_report(run: dict, images: pd.DataFrame, studies: pd.DataFrame,
         heatmap_name=HEATMAP_NAMES.get(run["runtime"]["heatmap_method"], "none"),
     )
     return write_pdf(html, path)
+
+
+def _metric_rows(level: dict) -> list[dict]:
+    rows = []
+    for name, values in [("overall", level["overall"]), *level["per_body_part"].items()]:
+        row = {"name": name, "n": values["n"], "n_positive": values["n_positive"]}
+        for metric in ("auroc", "kappa", "sensitivity", "specificity", "accuracy", "f1"):
+            value, ci = values[metric]["value"], values[metric]["ci"]
+            row[metric] = "-" if value is None else f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+        rows.append(row)
+    return rows
+
+
+def render_eval_report(result: dict, out_dir: Path, path: Path) -> Path:
+    """The evaluation report: metrics with CIs per body part, operating points, calibration, plots."""
+    plots = {name: data_uri((out_dir / f"{name}.png").read_bytes(), "image/png")
+             for name in ("roc_study", "reliability_study") if (out_dir / f"{name}.png").is_file()}
+    html = render_html("evaluate.html.j2", result=result, run=result["run"], plots=plots,
+                       study_rows=_metric_rows(result["study"]), image_rows=_metric_rows(result["image"]),
+                       points=result["study"]["overall"]["operating_points"],
+                       calibration=result["study"]["overall"]["calibration"],
+                       localisation=result.get("localisation"))
+    return write_pdf(html, path)

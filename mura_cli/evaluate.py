@@ -1,0 +1,219 @@
+"""evaluate(config): judge a model on labelled data at image and study level, overall and per body
+part, with bootstrap confidence intervals, operating points, calibration and heatmap localisation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from mura_cli import __version__, metrics
+from mura_cli.aggregate import aggregate_studies
+from mura_cli.config import EvalConfig
+from mura_cli.data import default_workers
+from mura_cli.datasets import read_dataset, select_split
+from mura_cli.device import create_runtime
+from mura_cli.errors import InputError
+from mura_cli.io.discover import records_from_table
+from mura_cli.modeling import load_model, resolve_model_dir
+from mura_cli.predict import IMAGE_COLUMNS, Predictor, predict_records
+from mura_cli.report.tables import write_csv, write_json
+
+RESULT_FILES = ("metrics.json", "studies.csv", "images.csv", "per_body_part.csv")
+
+
+@dataclass(frozen=True)
+class EvalEvent:
+    stage: str  # 'start' | 'images' | 'metrics' | 'report'
+    done: int = 0
+    total: int = 0
+    message: str = ""
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    metrics: dict
+    images: pd.DataFrame
+    studies: pd.DataFrame
+    files: dict
+
+
+def default_split(table: pd.DataFrame) -> str:
+    present = set(table["split"])
+    return "valid" if "valid" in present else "test" if "test" in present else "all"
+
+
+def read_boxes(path: str) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Boxes per image key (image_id / file name, or relative path): x0, y0, x1, y1 in pixels."""
+    table = pd.read_csv(path)
+    key = "image_id" if "image_id" in table.columns else "path" if "path" in table.columns else None
+    if key is None or not {"x0", "y0", "x1", "y1"} <= set(table.columns):
+        raise InputError(f"{path}: boxes need columns image_id (or path), x0, y0, x1, y1")
+    boxes: dict[str, list] = {}
+    for row in table.itertuples():
+        boxes.setdefault(str(getattr(row, key)).replace("\\", "/"), []).append((row.x0, row.y0, row.x1, row.y1))
+    return boxes
+
+
+def _boxes_for(rel_path: str, boxes: dict) -> list:
+    return boxes.get(rel_path) or boxes.get(rel_path.rsplit("/", 1)[-1]) or []
+
+
+def _localise(result, k: int, row: dict, boxes: list) -> dict:
+    """Pointing game (peak inside a box grown by 10%) and share of heatmap energy inside the boxes."""
+    if not boxes or result.errors[k] or result.heatmaps is None:
+        return {"pointing_hit": pd.NA, "energy_inside": np.nan}
+    g = result.geometry(k)
+    sx, sy = g.new_w / g.orig_w, g.new_h / g.orig_h
+    canvas_boxes = [(g.left + x0 * sx, g.top + y0 * sy, g.left + x1 * sx, g.top + y1 * sy) for x0, y0, x1, y1 in boxes]
+    hit = metrics.pointing_hit((row["heatmap_peak_x"], row["heatmap_peak_y"]), boxes)
+    return {"pointing_hit": int(hit), "energy_inside": metrics.energy_inside(result.heatmaps[k], canvas_boxes)}
+
+
+def predict_table(rows: pd.DataFrame, loaded, runtime, config: EvalConfig, boxes: dict, notify) -> pd.DataFrame:
+    records = records_from_table(rows)
+    predictor = Predictor(loaded, runtime, heatmaps=True, keep_maps=bool(boxes))
+    workers = config.workers if config.workers is not None else default_workers(runtime.device)
+    out, done = [], 0
+    for result in predict_records(predictor, records, config.batch_size, workers):
+        for k, i in enumerate(result.indices):
+            row = result.image_row(records[i], k)
+            row.update(label=records[i].label, patient_id=records[i].patient_id,
+                       **_localise(result, k, row, _boxes_for(records[i].rel_path, boxes)))
+            out.append(row)
+        done += len(result.indices)
+        notify(EvalEvent("images", done, len(records)))
+    return pd.DataFrame(out, columns=[*IMAGE_COLUMNS, "label", "patient_id", "pointing_hit", "energy_inside"])
+
+
+def level_metrics(y, p, threshold: float, config: EvalConfig, groups=None) -> dict:
+    """Point values with 95% CIs, confusion matrix, operating points and calibration for one level."""
+    point = metrics.threshold_metrics(y, p, threshold)
+    ci = metrics.bootstrap_ci(y, p, threshold, resamples=config.bootstrap, seed=config.seed, groups=groups)
+    out = {name: {"value": point[name], "ci": ci[name]} for name in metrics.CI_METRICS}
+    out.update(n=point["n"], n_positive=point["n_positive"], confusion=point["confusion"],
+               operating_points=metrics.operating_points(y, p, threshold, config.target_sensitivity),
+               calibration=metrics.calibration(y, p))
+    return out
+
+
+def _groups(table: pd.DataFrame):
+    yield "overall", table
+    for part, group in table.groupby("body_part", sort=True):
+        if part:
+            yield part, group
+
+
+def compute_metrics(images: pd.DataFrame, studies: pd.DataFrame, threshold: float, config: EvalConfig) -> dict:
+    scored_images = images.dropna(subset=["probability"])
+    scored_studies = studies.dropna(subset=["probability"])
+    result: dict = {}
+    for level, table in (("study", scored_studies), ("image", scored_images)):
+        entry: dict = {"per_body_part": {}}
+        for name, group in _groups(table):
+            groups = group["study_id"].to_numpy() if level == "image" else None
+            values = level_metrics(group["label"].astype(int).to_numpy(), group["probability"].to_numpy(float),
+                                   threshold, config, groups)
+            if name == "overall":
+                entry["overall"] = values
+            else:
+                entry["per_body_part"][name] = values
+        result[level] = entry
+    result["localisation"] = _localisation_summary(images)
+    return result
+
+
+def _localisation_summary(images: pd.DataFrame) -> dict | None:
+    rated = images.dropna(subset=["pointing_hit"])
+    rated = rated[rated["label"] == 1]
+    if rated.empty:
+        return None
+    summary = {"overall": {"n": int(len(rated)), "pointing_game": float(rated["pointing_hit"].astype(float).mean()),
+                           "energy_inside": float(rated["energy_inside"].mean()), "margin": 0.1},
+               "per_body_part": {}}
+    for part, group in rated.groupby("body_part"):
+        summary["per_body_part"][part] = {"n": int(len(group)),
+                                          "pointing_game": float(group["pointing_hit"].astype(float).mean()),
+                                          "energy_inside": float(group["energy_inside"].mean())}
+    return summary
+
+
+def per_body_part_table(result: dict) -> pd.DataFrame:
+    rows = []
+    for name, values in [("overall", result["study"]["overall"]), *result["study"]["per_body_part"].items()]:
+        row = {"body_part": name, "n_studies": values["n"], "n_positive": values["n_positive"]}
+        for metric in metrics.CI_METRICS:
+            ci = values[metric]["ci"] or [np.nan, np.nan]
+            row.update({metric: values[metric]["value"], f"{metric}_ci_low": ci[0], f"{metric}_ci_high": ci[1]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _prepare(out_dir: Path, overwrite: bool) -> Path:
+    existing = [n for n in RESULT_FILES if (out_dir / n).exists()]
+    if existing and not overwrite:
+        raise InputError(f"{out_dir}: holds results of an earlier evaluation ({', '.join(existing)}); "
+                         "pass --overwrite or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None] | None = None,
+             overwrite: bool = False) -> EvalResult:
+    notify = notify or (lambda event: None)
+    started, clock = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    table = read_dataset(config.data)
+    split = config.split or default_split(table)
+    rows = select_split(table, split)
+    loaded = load_model(resolve_model_dir(config.model))
+    runtime = create_runtime(config.device, config.precision)
+    boxes = read_boxes(config.boxes) if config.boxes else {}
+    out_dir = _prepare(Path(config.out_dir).expanduser(), overwrite)
+    notify(EvalEvent("start", 0, len(rows),
+                     f"Evaluating {loaded.config.name} on split '{split}' ({len(rows)} images), {runtime.reason}"))
+    images = predict_table(rows, loaded, runtime, config, boxes, notify)
+    threshold, method = loaded.config.threshold, loaded.config.aggregation
+    studies = aggregate_studies(images, method, threshold)
+    notify(EvalEvent("metrics", message=f"Metrics with {config.bootstrap} bootstrap resamples"))
+    result = compute_metrics(images, studies, threshold, config)
+    result["run"] = {"tool": f"mura-cli {__version__}", "started": started, "data": config.data, "split": split,
+                     "model": loaded.config.name, "weights_sha256": loaded.weights_sha256, "threshold": threshold,
+                     "aggregation": method, "device": str(runtime.device), "precision": runtime.precision,
+                     "failed_images": int(images["probability"].isna().sum()), "config": config.to_dict(),
+                     "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "unit": "study"}}
+    files = _write(out_dir, images, studies, result)
+    if config.pdf:
+        notify(EvalEvent("report", message="Writing the PDF report"))
+        from mura_cli.report.pdf import render_eval_report
+
+        files["report.pdf"] = render_eval_report(result, out_dir, out_dir / "report.pdf")
+    result["run"]["seconds"] = round(time.perf_counter() - clock, 2)
+    files["metrics.json"] = write_json(result, out_dir / "metrics.json")
+    return EvalResult(out_dir, result, images, studies, files)
+
+
+def _write(out_dir: Path, images: pd.DataFrame, studies: pd.DataFrame, result: dict) -> dict:
+    from mura_cli.report import plots
+
+    files = {"images.csv": write_csv(images, out_dir / "images.csv"),
+             "studies.csv": write_csv(studies, out_dir / "studies.csv"),
+             "per_body_part.csv": write_csv(per_body_part_table(result), out_dir / "per_body_part.csv")}
+    scored = studies.dropna(subset=["probability"])
+    study = result["study"]
+
+    def auroc(name: str):
+        return (study["overall"] if name == "overall" else study["per_body_part"][name])["auroc"]["value"]
+
+    curves = {name: (g["label"].astype(int).to_numpy(), g["probability"].to_numpy(float), auroc(name))
+              for name, g in _groups(scored)}
+    files["roc_study.png"] = plots.roc_curves(curves, out_dir / "roc_study.png")
+    cal = result["study"]["overall"]["calibration"]["curve"]
+    files["reliability_study.png"] = plots.reliability_diagram(cal["predicted"], cal["observed"],
+                                                                out_dir / "reliability_study.png")
+    return files
