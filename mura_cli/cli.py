@@ -189,6 +189,9 @@ def train(
     scale: float = typer.Option(0.1, help="Random zoom, +- fraction."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     name: str = typer.Option("", help="Model name (default: the folder name)."),
+    positive_class: str = typer.Option("abnormal", "--positive-class", help="Meaning of label 1."),
+    negative_class: str = typer.Option("normal", "--negative-class", help="Meaning of label 0."),
+    task: str = typer.Option("Musculoskeletal radiograph: abnormal (1) or normal (0)", help="One line on what the model does."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fine-tune a timm model; write a model folder that `score` and `evaluate` take."""
@@ -202,7 +205,8 @@ def train(
                              class_weights=class_weights, val_fraction=val_fraction, seed=seed, device=device,
                              precision=precision, workers=workers, pretrained=pretrained, init_weights=init_weights,
                              flip=flip, rotate=rotate, brightness=brightness, contrast=contrast, scale=scale,
-                             resume=resume, name=name)
+                             resume=resume, name=name, positive_class=positive_class,
+                             negative_class=negative_class, task=task)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     view = _TrainView(quiet)

@@ -159,6 +159,9 @@ class TrainConfig:
     scale: float = 0.1
     resume: bool = False
     name: str = ""
+    positive_class: str = "abnormal"  # what the model's probability is the probability of
+    negative_class: str = "normal"
+    task: str = "Musculoskeletal radiograph: abnormal (1) or normal (0)"
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("cosine", "plateau"):

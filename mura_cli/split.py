@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -13,7 +15,9 @@ def patient_split(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.Ser
     folds = max(2, round(1.0 / val_fraction))
     strata = table["body_part"].astype(str) + "_" + table["label"].astype(str)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    _, val_index = next(splitter.split(table, strata, groups=table["patient_id"]))
+    with warnings.catch_warnings():  # rare strata (fewer rows than folds) are spread as well as they can be
+        warnings.simplefilter("ignore", UserWarning)
+        _, val_index = next(splitter.split(table, strata, groups=table["patient_id"]))
     side = pd.Series("train", index=table.index)
     side.iloc[val_index] = "val"
     return side

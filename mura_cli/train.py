@@ -9,6 +9,7 @@ threshold chosen on validation (Youden's J); resumable from the last finished ep
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -107,7 +108,8 @@ def model_config_for(config: TrainConfig) -> ModelConfig:
     if config.in_chans == 1:
         mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
     return ModelConfig(architecture=config.arch, input_size=(config.in_chans, config.img_size, config.img_size),
-                       mean=mean, std=std, resize=config.resize, name=config.name or Path(config.out_dir).name)
+                       mean=mean, std=std, resize=config.resize, name=config.name or Path(config.out_dir).name,
+                       positive_class=config.positive_class, negative_class=config.negative_class, task=config.task)
 
 
 class Trainer:
@@ -139,7 +141,8 @@ class Trainer:
         if cfg.scheduler == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.1, patience=1)
         span = max(cfg.epochs - cfg.freeze_epochs, 1)
-        lam = lambda e: 0.5 * (1 + np.cos(np.pi * min(max(e - cfg.freeze_epochs, 0), span) / span))  # noqa: E731
+        # plain Python floats: the checkpoint loads with weights_only=True, which refuses numpy scalars
+        lam = lambda e: 0.5 * (1 + math.cos(math.pi * min(max(e - cfg.freeze_epochs, 0), span) / span))  # noqa: E731
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, [lam, lam])
 
     def set_phase(self, epoch: int) -> str:

@@ -101,3 +101,25 @@ def shared_dicom() -> Path:
 def copy(source: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(source, target))
+
+
+def learnable_mura(root: Path, patients: int = 40, seed: int = 0) -> Path:
+    """MURA-layout studies where positives carry a bright square: a tiny model can learn it."""
+    rng = np.random.default_rng(seed)
+    for patient in range(patients):
+        part = ("XR_WRIST", "XR_HAND")[patient % 2]
+        for study in range(2):
+            label = int(rng.integers(0, 2))
+            folder = root / part / f"patient{patient:05d}" / f"study{study + 1}_{'positive' if label else 'negative'}"
+            for k in range(2):
+                image = rng.normal(0.3, 0.05, (80, 64))
+                if label:
+                    y, x = rng.integers(15, 65), rng.integers(15, 50)
+                    image[y - 6 : y + 6, x - 6 : x + 6] += 0.6
+                save_png8(np.clip(image, 0, 1), folder / f"image{k + 1}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def learnable_folder(tmp_path_factory) -> Path:
+    return learnable_mura(tmp_path_factory.mktemp("learnable") / "data")

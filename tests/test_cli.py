@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from mura_cli.cli import app
@@ -55,3 +56,31 @@ def test_sample_data_then_score_as_a_subprocess(tmp_path, tiny_model):
     studies = pd.read_csv(tmp_path / "out" / "studies.csv")
     assert len(studies) == 1 and studies.loc[0, "n_images"] == 2 and studies.loc[0, "body_part"] == "EXTREMITY"
     assert (tmp_path / "out" / "report.pdf").stat().st_size > 10_000
+
+
+def test_train_then_evaluate_with_boxes_through_the_cli(learnable_folder, tmp_path):
+    import json
+
+    model = tmp_path / "model"
+    trained = runner.invoke(app, ["train", str(learnable_folder), "--out", str(model), "--arch", "resnet10t",
+                                  "--img-size", "64", "--epochs", "2", "--batch-size", "16", "--workers", "0",
+                                  "--lr", "3e-3", "--head-lr", "1e-2", "--val-fraction", "0.25"])
+    assert trained.exit_code == 0, trained.output
+    assert "best epoch" in trained.output and (model / "model.safetensors").is_file()
+    again = runner.invoke(app, ["train", str(learnable_folder), "--out", str(model)])
+    assert again.exit_code == 1 and "--resume" in again.output
+
+    images = pd.read_csv(model / "split.csv")
+    positive = images[images["label"] == 1]["rel_path"].iloc[0]
+    (tmp_path / "boxes.csv").write_text(f"path,x0,y0,x1,y1\n{positive},0,0,64,80\n")
+    evaluated = runner.invoke(app, ["evaluate", str(learnable_folder), "--model", str(model), "--out",
+                                    str(tmp_path / "ev"), "--boxes", str(tmp_path / "boxes.csv"), "--workers", "0"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "study level" in evaluated.output and "AUROC" in evaluated.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["localisation"]["overall"]["n"] == 1
+    assert metrics["localisation"]["overall"]["pointing_game"] == 1.0  # the box covers the whole image
+    assert metrics["localisation"]["overall"]["energy_inside"] == pytest.approx(1.0, abs=1e-6)
+    bad_split = runner.invoke(app, ["evaluate", str(learnable_folder), "--model", str(model), "--split", "test",
+                                    "--out", str(tmp_path / "ev2")])
+    assert bad_split.exit_code == 1 and "no images in split 'test'" in bad_split.output

@@ -1,0 +1,141 @@
+"""train learns, resumes exactly, writes what score needs; evaluate's metrics match scikit-learn."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
+
+from mura_cli import metrics
+from mura_cli.config import EvalConfig, ScoreConfig, TrainConfig
+from mura_cli.evaluate import evaluate
+from mura_cli.score import score_folder
+from mura_cli.train import train
+
+from conftest import learnable_mura
+
+
+def tiny_train_config(data, out, **kw):
+    values = dict(arch="resnet10t", img_size=64, epochs=4, batch_size=16, freeze_epochs=1, lr=3e-3, head_lr=1e-2,
+                  workers=0, val_fraction=0.25, patience=10, rotate=10.0)
+    values.update(kw)
+    return TrainConfig(data=str(data), out_dir=str(out), **values)
+
+
+@pytest.fixture(scope="module")
+def trained(learnable_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "model"
+    return train(tiny_train_config(learnable_folder, out))
+
+
+def test_training_learns_and_writes_a_complete_model_folder(trained):
+    assert trained.val_metrics["auroc"] > 0.9
+    names = {p.name for p in trained.out_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "training_log.csv", "curves.png", "MODEL_CARD.md",
+            "checkpoint.pt", "split.csv", "train_config.json"} <= names
+    cfg = json.loads((trained.out_dir / "config.json").read_text())
+    assert cfg["architecture"] == "resnet10t" and cfg["input_size"] == [1, 64, 64]
+    assert cfg["threshold"] == pytest.approx(trained.threshold) and 0 < cfg["threshold"] < 1
+    log = pd.read_csv(trained.out_dir / "training_log.csv")
+    assert log["epoch"].tolist() == [1, 2, 3, 4] and log["phase"].tolist()[0] == "head"
+    assert log["val_auroc"].max() > 0.9
+    card = (trained.out_dir / "MODEL_CARD.md").read_text()
+    assert "Research use only" in card and "resnet10t" in card
+
+
+def test_trained_model_scores_with_score(trained, learnable_folder, tmp_path):
+    result = score_folder(ScoreConfig(input=str(learnable_folder / "XR_HAND"), out_dir=str(tmp_path / "s"),
+                                      model=str(trained.out_dir), workers=0))
+    studies = result.studies.dropna(subset=["label"])
+    assert roc_auc_score(studies["label"].astype(int), studies["probability"]) > 0.9
+
+
+def test_resume_after_interruption_gives_the_same_weights(learnable_folder, tmp_path):
+    data = learnable_mura(tmp_path / "data", patients=16, seed=5)
+    straight = train(tiny_train_config(data, tmp_path / "straight", epochs=3))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second_epoch(event):
+        if event.stage == "epoch" and event.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(tiny_train_config(data, tmp_path / "resumed", epochs=3), notify=stop_after_second_epoch)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    resumed = train(tiny_train_config(data, tmp_path / "resumed", epochs=3, resume=True))
+    a, b = load_file(str(straight.out_dir / "model.safetensors")), load_file(str(resumed.out_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-5, err_msg=key)
+    assert resumed.log["epoch"].tolist() == [1, 2, 3]
+
+
+def test_train_refuses_to_overwrite_without_resume(trained, learnable_folder):
+    from mura_cli.errors import MuraError
+
+    with pytest.raises(MuraError, match="--resume"):
+        train(tiny_train_config(learnable_folder, trained.out_dir))
+
+
+def test_evaluate_metrics_match_scikit_learn_on_its_own_csv(trained, tmp_path):
+    data = learnable_mura(tmp_path / "unseen", patients=20, seed=11)
+    result = evaluate(EvalConfig(data=str(data), out_dir=str(tmp_path / "ev"), model=str(trained.out_dir),
+                                 workers=0, bootstrap=1000, pdf=True))
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    studies = pd.read_csv(tmp_path / "ev" / "studies.csv")
+    y, p = studies["label"].astype(int), studies["probability"]
+    pred = (p >= m["run"]["threshold"]).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred).ravel()
+    overall = m["study"]["overall"]
+    assert overall["auroc"]["value"] == pytest.approx(roc_auc_score(y, p))
+    assert overall["kappa"]["value"] == pytest.approx(cohen_kappa_score(y, pred))
+    assert overall["sensitivity"]["value"] == pytest.approx(tp / (tp + fn))
+    assert overall["specificity"]["value"] == pytest.approx(tn / (tn + fp))
+    assert (studies["prediction"] == pred).all()
+    for name in ("auroc", "kappa", "sensitivity", "specificity"):
+        low, high = overall[name]["ci"]
+        assert low <= overall[name]["value"] <= high
+    assert set(m["study"]["per_body_part"]) == {"HAND", "WRIST"}
+    per_part = pd.read_csv(tmp_path / "ev" / "per_body_part.csv").set_index("body_part")
+    hand = studies[studies["body_part"] == "HAND"]
+    assert per_part.loc["HAND", "auroc"] == pytest.approx(roc_auc_score(hand["label"], hand["probability"]))
+    assert {"youden", "model", "sensitivity_0.9"} <= set(overall["operating_points"])
+    assert overall["operating_points"]["sensitivity_0.9"]["sensitivity"] >= 0.9
+    for name in ("report.pdf", "roc_study.png", "reliability_study.png", "images.csv"):
+        assert (tmp_path / "ev" / name).stat().st_size > 1000
+    assert result.metrics["run"]["split"] == "all"
+
+
+def test_bootstrap_replicates_equal_scikit_learn_with_sample_weights():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    p = np.round(np.clip(y * 0.3 + rng.normal(0.4, 0.2, 60), 0, 1), 2)  # rounded: ties happen
+    weights = metrics.resample_weights(60, 5, seed=1)
+    fast = metrics.weighted_metrics(y, p, 0.5, weights)
+    for r in range(5):
+        w = weights[r]
+        assert fast["auroc"][r] == pytest.approx(roc_auc_score(y, p, sample_weight=w))
+        assert fast["kappa"][r] == pytest.approx(cohen_kappa_score(y, (p >= 0.5).astype(int), sample_weight=w))
+
+
+def test_image_level_bootstrap_draws_whole_studies():
+    weights = metrics.resample_weights(6, 50, seed=0, groups=["a", "a", "b", "b", "b", "c"])
+    assert (weights[:, 0] == weights[:, 1]).all() and (weights[:, 2] == weights[:, 4]).all()
+    assert (weights[:, [0, 2, 5]].sum(axis=1) == 3).all()  # three studies drawn each time
+
+
+def test_localisation_scores_on_hand_made_heatmaps():
+    box = (10, 10, 20, 20)
+    assert metrics.pointing_hit((21, 15), [box])  # inside the 10% margin
+    assert not metrics.pointing_hit((23, 15), [box])
+    heat = np.zeros((40, 40))
+    heat[10:20, 10:20] = 1.0
+    heat[30:35, 30:35] = 1.0  # 25 of 125 units outside
+    assert metrics.energy_inside(heat, [box]) == pytest.approx(100 / 125)
+    assert metrics.energy_inside(np.zeros((5, 5)), [box]) == 0.0
