@@ -276,6 +276,34 @@ def _eval_summary(result) -> None:
     err.print(f"results in {result.out_dir}", markup=False, soft_wrap=True)
 
 
+@app.command()
+def models() -> None:
+    """List the models `--model NAME` can name: user models ($MURA_CLI_MODELS) and shipped ones."""
+    from mura_cli.catalog import list_models
+
+    entries = list_models()
+    if not entries:
+        err.print(f"no models found (shipped models, or folders under ${choices.MODELS_DIR_ENV})")
+        raise typer.Exit(int(ExitCode.OK))
+    table = Table(title="models", title_justify="left")
+    for column in ("name", "source", "architecture", "input", "held-out study AUROC [95% CI]", "sens / spec"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        head = e.headline()
+        auroc = head.get("auroc", {})
+        auroc_text = f"{auroc['value']:.3f} [{auroc['ci'][0]:.3f}-{auroc['ci'][1]:.3f}]" if auroc.get("ci") else "-"
+        sens, spec = head.get("sensitivity", {}).get("value"), head.get("specificity", {}).get("value")
+        ops = f"{sens:.3f} / {spec:.3f}" if sens is not None and spec is not None else "-"
+        cfg = e.config
+        table.add_row(e.name + (" (default)" if e.is_default else ""), e.source,
+                      cfg.architecture if cfg else f"[red]{escape(e.problem)}[/]",
+                      f"{cfg.input_size[1]}x{cfg.input_size[2]}" if cfg else "", auroc_text, ops)
+    Console(highlight=False).print(table)
+    for e in entries:
+        if e.config:
+            typer.echo(f"{e.name}: {e.config.task} ({e.path})")
+
+
 @app.command("sample-data")
 def sample_data(folder: Path = typer.Argument(Path("samples"), help="Where to write the sample studies.")) -> None:
     """Write real sample radiographs (an extremity CR from pydicom-data, MIT) to FOLDER."""

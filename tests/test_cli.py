@@ -84,3 +84,23 @@ def test_train_then_evaluate_with_boxes_through_the_cli(learnable_folder, tmp_pa
     bad_split = runner.invoke(app, ["evaluate", str(learnable_folder), "--model", str(model), "--split", "test",
                                     "--out", str(tmp_path / "ev2")])
     assert bad_split.exit_code == 1 and "no images in split 'test'" in bad_split.output
+
+
+def test_models_lists_user_models_with_held_out_metrics(tmp_path, tiny_model, monkeypatch):
+    import json
+    import shutil
+
+    user = tmp_path / "user-models"
+    shutil.copytree(tiny_model, user / "good")
+    evaluation = {"study": {"overall": {"auroc": {"value": 0.9312, "ci": [0.9, 0.96]},
+                                        "sensitivity": {"value": 0.8, "ci": [0.7, 0.9]},
+                                        "specificity": {"value": 0.85, "ci": [0.8, 0.9]}}}}
+    (user / "good" / "evaluation.json").write_text(json.dumps(evaluation))
+    (user / "broken").mkdir()
+    (user / "broken" / "config.json").write_text('{"architecture": "resnet10t", "threshold": 7}')
+    monkeypatch.setenv("MURA_CLI_MODELS", str(user))
+    monkeypatch.setenv("COLUMNS", "200")
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert "good" in result.output and "0.931 [0.900-0.960]" in result.output and "0.800 / 0.850" in result.output
+    assert "broken" in result.output and "threshold" in result.output
