@@ -139,3 +139,8 @@ def test_localisation_scores_on_hand_made_heatmaps():
     heat[30:35, 30:35] = 1.0  # 25 of 125 units outside
     assert metrics.energy_inside(heat, [box]) == pytest.approx(100 / 125)
     assert metrics.energy_inside(np.zeros((5, 5)), [box]) == 0.0
+
+
+def test_model_card_is_plain_markdown(trained):
+    card = (trained.out_dir / "MODEL_CARD.md").read_text()
+    assert '"arch": "resnet10t"' in card and "&#34;" not in card and "&quot;" not in card

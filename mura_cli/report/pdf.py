@@ -22,7 +22,7 @@ def create_environment() -> jinja2.Environment:
     folder = data_dir("report_templates")
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
-        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
         undefined=jinja2.StrictUndefined,
     )
 
