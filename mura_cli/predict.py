@@ -44,6 +44,23 @@ class BatchResult:
         return row
 
 
+class InputNormaliser:
+    """uint8 (B, 1, H, W) from the loader -> normalised float (B, C, H, W) on the device, channels_last
+    (one gray channel is expanded as a view, not copied, for three-channel models)."""
+
+    def __init__(self, cfg, device: torch.device):
+        self.device, self.channels = device, cfg.input_size[0]
+        self.mean = torch.tensor(cfg.mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(cfg.std, device=device).view(1, -1, 1, 1) * 255.0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).float()
+        if self.channels != 1:
+            x = x.expand(-1, self.channels, -1, -1)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type != "mps" else x
+
+
 class Predictor:
     """The model on its device, ready to turn loader batches into BatchResults."""
 
@@ -55,8 +72,7 @@ class Predictor:
         self.model = loaded.model.to(runtime.device).eval()
         if runtime.device.type != "mps":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(cfg.mean, device=runtime.device).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(cfg.std, device=runtime.device).view(1, -1, 1, 1) * 255.0
+        self.prepare = InputNormaliser(cfg, runtime.device)
         self.heatmaps = heatmaps
         self.keep_maps = keep_maps and heatmaps
         self.classifier = None
@@ -71,14 +87,6 @@ class Predictor:
         with torch.no_grad():
             feats = self.model.forward_features(probe)
         return feats.shape[1] if feats.ndim == 4 else None
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 1, H, W) -> normalised float (B, C, H, W) on the device, channels_last."""
-        x = images.to(self.runtime.device, non_blocking=True).float()
-        if self.channels != 1:
-            x = x.expand(-1, self.channels, -1, -1)
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.runtime.device.type != "mps" else x
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.heatmap_method == "gradcam":

@@ -31,7 +31,7 @@ from mura_cli.errors import MuraError
 from mura_cli.io.discover import records_from_table
 from mura_cli.metrics import operating_points, threshold_metrics
 from mura_cli.modeling import LoadedModel
-from mura_cli.predict import Predictor, predict_records
+from mura_cli.predict import InputNormaliser, Predictor, predict_records
 from mura_cli.split import patient_split
 from mura_cli import training_io
 
@@ -129,6 +129,7 @@ class Trainer:
         self.scheduler = self._scheduler()
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.prepare = InputNormaliser(model_cfg, runtime.device)
         self.epoch = 0
         self.best_metric = -np.inf
         self.best_epoch = -1
@@ -159,16 +160,6 @@ class Trainer:
         else:
             self.optimizer.param_groups[1]["lr"] = self.optimizer.param_groups[0]["lr"]
         return "head" if frozen else "all"
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        device = self.runtime.device
-        mean = torch.tensor(self.model_cfg.mean, device=device).view(1, -1, 1, 1) * 255.0
-        std = torch.tensor(self.model_cfg.std, device=device).view(1, -1, 1, 1) * 255.0
-        x = images.to(device, non_blocking=True).float()
-        if self.model_cfg.input_size[0] != 1:
-            x = x.expand(-1, self.model_cfg.input_size[0], -1, -1)
-        x = (x - mean) / std
-        return x.contiguous(memory_format=torch.channels_last) if device.type != "mps" else x
 
     def step(self, batch: dict) -> tuple[float, int]:
         valid = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
