@@ -158,6 +158,17 @@ class _TrainView:
             self.bar = None
 
 
+def _epoch_table(log) -> None:
+    table = Table(title="epochs (validation at study level)", title_justify="left")
+    for column in ("epoch", "phase", "train loss", "val loss", "val AUROC", "val kappa", "lr", "s"):
+        table.add_column(column, justify="right")
+    for r in log.to_dict("records"):
+        fmt = lambda v: "-" if v is None or v != v else f"{v:.4f}"  # noqa: E731
+        table.add_row(str(r["epoch"]), r["phase"], fmt(r["train_loss"]), fmt(r["val_loss"]), fmt(r["val_auroc"]),
+                      fmt(r["val_kappa"]), f"{r['lr']:.1e}", f"{r['seconds']:.0f}")
+    err.print(table)
+
+
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."),
@@ -219,6 +230,7 @@ def train(
     finally:
         view.stop()
     if not quiet:
+        _epoch_table(result.log)
         v = result.val_metrics
         err.print(f"best epoch {result.best_epoch}: validation study AUROC {v['auroc']:.4f}, kappa {v['kappa']:.4f} "
                   f"at threshold {result.threshold:.4f}; model written to {result.out_dir}", markup=False, soft_wrap=True)

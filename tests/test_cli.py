@@ -67,6 +67,7 @@ def test_train_then_evaluate_with_boxes_through_the_cli(learnable_folder, tmp_pa
                                   "--lr", "3e-3", "--head-lr", "1e-2", "--val-fraction", "0.25"])
     assert trained.exit_code == 0, trained.output
     assert "best epoch" in trained.output and (model / "model.safetensors").is_file()
+    assert "epochs (validation at study level)" in trained.output and "val AUROC" in trained.output
     again = runner.invoke(app, ["train", str(learnable_folder), "--out", str(model)])
     assert again.exit_code == 1 and "--resume" in again.output
 
