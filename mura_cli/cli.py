@@ -94,6 +94,8 @@ def score(
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Decision threshold (default: the model's)."),
     heatmaps: bool = typer.Option(True, "--heatmaps/--no-heatmaps", help="Grad-CAM heatmaps (peak in images.csv, overlays in the PDF)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run in --out: skip the images it scored."),
+    include_phi: bool = typer.Option(False, "--include-phi", help="Put DICOM PatientID in the patient_id column (off by default)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Score every radiograph below INPUT; write images.csv, studies.csv, run.json (and report.pdf)."""
@@ -106,14 +108,22 @@ def score(
         raise typer.BadParameter(f"expected one of {', '.join(choices.PRECISIONS)}", param_hint="--precision")
     config = ScoreConfig(input=str(input), out_dir=str(out), model=model, device=device, precision=precision,
                          batch_size=batch_size, workers=workers, aggregate=aggregate, threshold=threshold,
-                         heatmaps=heatmaps, pdf=pdf)
+                         heatmaps=heatmaps, pdf=pdf, include_phi=include_phi)
+    if overwrite and resume:
+        raise typer.BadParameter("choose one of --overwrite and --resume", param_hint="--resume")
+    if include_phi:
+        err.print("[yellow]warning:[/] --include-phi puts DICOM PatientID into studies.csv and the report; "
+                  "do not share these files outside your institution")
     view = _ProgressView(quiet)
     try:
-        result = score_folder(config, notify=view, overwrite=overwrite)
+        result = score_folder(config, notify=view, overwrite=overwrite, resume=resume)
     except MuraError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
-        raise _fail(f"interrupted; the images finished so far are in {out / 'images.partial.csv'}") from None
+        view.stop()
+        err.print(f"interrupted: the images finished so far are in {escape(str(out / 'images.csv'))}; "
+                  "finish the run with the same command plus --resume", soft_wrap=True)
+        raise typer.Exit(130) from None
     finally:
         view.stop()
     if not quiet:
@@ -336,6 +346,9 @@ def version() -> None:
 
 
 def main() -> None:
+    import logging
+
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings about odd files would flood stderr
     try:
         app(prog_name="mura-cli")
     except SystemExit as exc:  # keep typer's exit code (2 for usage errors)

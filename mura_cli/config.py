@@ -108,6 +108,7 @@ class ScoreConfig:
     threshold: float | None = None  # None: the model's
     heatmaps: bool = True
     pdf: bool = False
+    include_phi: bool = False  # add DICOM PatientID to the patient_id column (off: no demographics anywhere)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

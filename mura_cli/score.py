@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -11,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -26,10 +30,9 @@ from mura_cli.modeling import load_model, resolve_model_dir
 from mura_cli.predict import IMAGE_COLUMNS, BatchResult, Predictor, predict_records
 from mura_cli.report.images import Thumbnails, make_thumbnails
 from mura_cli.report.tables import write_csv, write_json
+from mura_cli.report.thumbstore import ThumbStore
 
 RESULT_FILES = ("images.csv", "studies.csv", "run.json", "report.pdf")
-PARTIAL_IMAGES = "images.partial.csv"
-
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -57,18 +60,48 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    """Refuse to replace earlier results unless asked to."""
+def prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool, weights_sha256: str) -> pd.DataFrame:
+    """Refuse to replace earlier results unless asked to; with ``resume``, return the rows an
+    interrupted run finished (checked to come from the same model)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
-    existing = [name for name in (*RESULT_FILES, PARTIAL_IMAGES) if (out_dir / name).exists()]
+    existing = [name for name in RESULT_FILES if (out_dir / name).exists()]
+    if resume:
+        return _finished_rows(out_dir, weights_sha256)
     if existing and not overwrite:
-        raise InputError(f"{out_dir}: holds results of an earlier run ({', '.join(existing)}); "
-                         "pass --overwrite to replace them or choose another --out")
+        raise InputError(f"{out_dir}: holds results of an earlier run ({', '.join(existing)}); pass --resume to "
+                         "finish an interrupted run, --overwrite to replace them, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in existing:
         (out_dir / name).unlink()
-    return out_dir
+    ThumbStore(out_dir).clear()
+    return pd.DataFrame(columns=IMAGE_COLUMNS)
+
+
+def _finished_rows(out_dir: Path, weights_sha256: str) -> pd.DataFrame:
+    if not (out_dir / "images.csv").is_file():
+        raise InputError(f"{out_dir}: nothing to resume (no images.csv)")
+    try:
+        earlier = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))["model"]["weights_sha256"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        raise InputError(f"{out_dir}: run.json is missing or unreadable; cannot check what made images.csv") from None
+    if earlier != weights_sha256:
+        raise InputError(f"{out_dir}: its results come from another model (weights sha256 {earlier[:12]}...); "
+                         "resume with the same --model, or use --overwrite")
+    return read_images_csv(out_dir / "images.csv")
+
+
+def read_images_csv(path: Path) -> pd.DataFrame:
+    """Rows of an images.csv, a last line cut off by a crash dropped."""
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows = list(csv.DictReader(io.StringIO(text)))
+    table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+    table["probability"] = pd.to_numeric(table["probability"], errors="coerce")
+    for column in ("width", "height", "heatmap_peak_x", "heatmap_peak_y"):
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
+    return table
 
 
 def _thumbnails(result: BatchResult, k: int) -> Thumbnails | None:
@@ -78,46 +111,61 @@ def _thumbnails(result: BatchResult, k: int) -> Thumbnails | None:
     return make_thumbnails(result.canvases[k, 0].numpy(), result.geometry(k), heat)
 
 
-class _PartialWriter:
-    """images.partial.csv grows batch by batch, so a killed run keeps what it finished."""
+class _RowWriter:
+    """images.csv grows batch by batch (flushed to disk), so a killed run keeps what it finished."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, done: pd.DataFrame):
         self.handle = open(path, "w", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.handle, fieldnames=IMAGE_COLUMNS, lineterminator="\n")
         self.writer.writeheader()
+        self.write(done.to_dict("records"))
 
     def write(self, rows: list[dict]) -> None:
-        self.writer.writerows({k: ("" if pd.isna(v) else v) for k, v in row.items()} for row in rows)
+        self.writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
         self.handle.flush()
+        os.fsync(self.handle.fileno())
 
     def close(self) -> None:
         self.handle.close()
 
 
-def _run_model(config, discovery, loaded, runtime, workers, out_dir, notify):
-    """The one pass over the images: rows for images.csv and, with --pdf, thumbnails."""
-    records = discovery.images
+def _cell(value):
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:.6f}" if isinstance(value, float) else value
+
+
+def _run_model(config, records, loaded, runtime, workers, out_dir, done, notify):
+    """The one pass over the images not yet done: rows for images.csv and, with --pdf, thumbnails."""
+    finished = set(done["path"])
+    todo = [r for r in records if r.rel_path not in finished]
     predictor = Predictor(loaded, runtime, heatmaps=config.heatmaps, keep_maps=config.pdf)
-    rows, visuals, done = [], {}, 0
-    partial = _PartialWriter(out_dir / PARTIAL_IMAGES)
+    store, rows = ThumbStore(out_dir), done.to_dict("records")
+    writer = _RowWriter(out_dir / "images.csv", done)
     try:
-        for result in predict_records(predictor, records, config.batch_size, workers):
-            batch_rows = [result.image_row(records[i], k) for k, i in enumerate(result.indices)]
+        for result in predict_records(predictor, todo, config.batch_size, workers):
+            batch_rows = [result.image_row(todo[i], k) for k, i in enumerate(result.indices)]
+            for row in batch_rows:
+                row["probability"] = round(row["probability"], 6)  # what images.csv holds is what counts
             if config.pdf:
-                visuals.update({i: _thumbnails(result, k) for k, i in enumerate(result.indices)})
-            partial.write(batch_rows)
+                for k, i in enumerate(result.indices):
+                    if (thumbs := _thumbnails(result, k)) is not None:
+                        store.put(todo[i].rel_path, thumbs)
+            writer.write(batch_rows)
             rows.extend(batch_rows)
-            done += len(batch_rows)
-            notify(ProgressEvent("images", done, len(records)))
+            notify(ProgressEvent("images", len(rows), len(records)))
     finally:
-        partial.close()
-    return pd.DataFrame(rows, columns=IMAGE_COLUMNS), visuals, predictor.heatmap_method
+        writer.close()
+    order = {r.rel_path: n for n, r in enumerate(records)}
+    table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+    table = table[table["path"].isin(order)].sort_values("path", key=lambda p: p.map(order), kind="stable")
+    return table.reset_index(drop=True), predictor.heatmap_method
 
 
 def _studies(images: pd.DataFrame, records: tuple[ImageRecord, ...], method: str, threshold: float):
-    extra = pd.DataFrame({"patient_id": [r.patient_id for r in records],
-                          "label": pd.array([r.label for r in records], dtype="Int64")})
+    by_path = {r.rel_path: r for r in records}
+    extra = pd.DataFrame({"patient_id": [by_path[p].patient_id for p in images["path"]],
+                          "label": pd.array([by_path[p].label for p in images["path"]], dtype="Int64")})
     return aggregate_studies(pd.concat([images, extra], axis=1), method, threshold)
 
 
@@ -145,48 +193,69 @@ def _run_record(config, loaded, runtime, workers, heatmap_method, discovery, ima
     }
 
 
+def _start_record(config: ScoreConfig, loaded, started: str) -> dict:
+    """Written before the first image, so that a later --resume can check which model made the rows."""
+    return {"status": "running", "tool": {"name": "mura-cli", "version": __version__}, "started": started,
+            "config": config.to_dict(),
+            "model": {"name": loaded.config.name, "weights_sha256": loaded.weights_sha256}}
+
+
 def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | None = None,
-                 overwrite: bool = False) -> ScoreResult:
-    """Score every image below ``config.input``; write the results under ``config.out_dir``."""
+                 overwrite: bool = False, resume: bool = False) -> ScoreResult:
+    """Score every image below ``config.input``; write the results under ``config.out_dir``.
+
+    With ``resume``, images already in the folder's images.csv (from an interrupted run of the same
+    model) are kept and only the rest are scored; the outcome equals an uninterrupted run."""
     notify = notify or (lambda event: None)
     started, clock = _now(), time.perf_counter()
     loaded = load_model(resolve_model_dir(config.model))
     runtime = create_runtime(config.device, config.precision)
-    discovery = discover(config.input)
+    discovery = discover(config.input, include_phi=config.include_phi)
     if not discovery.images:
         raise InputError(f"{discovery.root}: no PNG, JPEG or DICOM images found "
                          f"({discovery.skipped} other files skipped)")
-    out_dir = prepare_out_dir(Path(config.out_dir).expanduser(), overwrite)
+    out_dir = Path(config.out_dir).expanduser()
+    done = prepare_out_dir(out_dir, overwrite, resume, loaded.weights_sha256)
+    write_json(_start_record(config, loaded, started), out_dir / "run.json")
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
-    notify(ProgressEvent("start", 0, len(discovery.images),
-                         f"Scoring {len(discovery.images)} images with {loaded.config.name} on {runtime.reason}"))
+    notify(ProgressEvent("start", len(done), len(discovery.images),
+                         f"Scoring {len(discovery.images)} images with {loaded.config.name} on {runtime.reason}"
+                         + (f" ({len(done)} already done, resuming)" if len(done) else "")))
     t_model = time.perf_counter()
-    images, visuals, heatmap_method = _run_model(config, discovery, loaded, runtime, workers, out_dir, notify)
+    images, heatmap_method = _run_model(config, discovery.images, loaded, runtime, workers, out_dir, done, notify)
     seconds_model = time.perf_counter() - t_model
     threshold = config.threshold if config.threshold is not None else loaded.config.threshold
     method = config.aggregate or loaded.config.aggregation
     studies = _studies(images, discovery.images, method, threshold)
     files = {"images.csv": write_csv(images, out_dir / "images.csv"),
              "studies.csv": write_csv(studies, out_dir / "studies.csv")}
-    (out_dir / PARTIAL_IMAGES).unlink(missing_ok=True)
     failures = [(p, e) for p, e in zip(images["path"], images["error"]) if e]
     run = _run_record(config, loaded, runtime, workers, heatmap_method, discovery, images, studies, method,
                       threshold, started, seconds_model)
-    report_error = ""
-    if config.pdf and run["counts"]["scored"]:
-        notify(ProgressEvent("report", 0, len(studies), f"Writing the PDF report ({len(studies)} studies)"))
-        t_report = time.perf_counter()
-        try:
-            from mura_cli.report.pdf import render_score_report
-
-            files["report.pdf"] = render_score_report(run, images, studies, visuals, out_dir / "report.pdf")
-        except ReportError as exc:
-            report_error = str(exc)
-        run["seconds"]["report"] = round(time.perf_counter() - t_report, 3)
-    run["finished"] = _now()
+    run["resumed_images"] = len(done)
+    report_error = _report(config, run, images, studies, out_dir, files, notify)
+    run["status"], run["finished"], run["report_error"] = "finished", _now(), report_error
     run["seconds"]["total"] = round(time.perf_counter() - clock, 3)
-    run["report_error"] = report_error
     files["run.json"] = write_json(run, out_dir / "run.json")
     scored = len(images) - len(failures)
     code = ExitCode.FATAL if scored == 0 else ExitCode.PARTIAL if failures or report_error else ExitCode.OK
     return ScoreResult(out_dir, images, studies, run, files, code, report_error, failures)
+
+
+def _report(config, run, images, studies, out_dir: Path, files: dict, notify) -> str:
+    """Render report.pdf from the thumbnails kept on disk; returns the error, if any (CSVs stay)."""
+    if not config.pdf or not run["counts"]["scored"]:
+        return ""
+    notify(ProgressEvent("report", 0, len(studies), f"Writing the PDF report ({len(studies)} studies)"))
+    t_report = time.perf_counter()
+    store = ThumbStore(out_dir)
+    try:
+        from mura_cli.report.pdf import render_score_report
+
+        files["report.pdf"] = render_score_report(run, images, studies, store, out_dir / "report.pdf")
+    except ReportError as exc:
+        return str(exc)
+    finally:
+        run["seconds"]["report"] = round(time.perf_counter() - t_report, 3)
+    store.clear()
+    return ""

@@ -21,6 +21,10 @@ from pydicom.pixels import apply_modality_lut, apply_voi
 from mura_cli.errors import DecodeError
 from mura_cli.io import sniff
 
+# images declaring more pixels than this are refused before decoding (a 43x35 cm detector at 100 um is
+# about 15 Mpixel): a decompression bomb costs nothing but a line in images.csv
+MAX_PIXELS = 80_000_000
+
 # default window when a DICOM image carries no VOI information: these percentiles of its values
 DEFAULT_WINDOW_PERCENTILES = (0.5, 99.5)
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -59,9 +63,16 @@ def _decode_raster(path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
+            _check_size(path, img.width, img.height)
             img = ImageOps.exif_transpose(img)  # phone or scanner JPEGs may be stored rotated
             img.load()
             return _raster_to_gray(img)
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise DecodeError(str(path), f"declares {width} x {height} pixels, over the limit of {MAX_PIXELS:,} "
+                                     "(refused without decoding)")
 
 
 def _raster_to_gray(img: Image.Image) -> np.ndarray:
@@ -82,8 +93,16 @@ def _raster_to_gray(img: Image.Image) -> np.ndarray:
 
 
 def _decode_dicom(path: Path) -> np.ndarray:
-    ds = pydicom.dcmread(path, force=True)
+    with warnings.catch_warnings():  # pydicom's remarks on odd but readable files are not the user's concern
+        warnings.simplefilter("ignore", UserWarning)
+        return _dicom_pixels(path)
+
+
+def _dicom_pixels(path: Path) -> np.ndarray:
+    ds = pydicom.dcmread(path, force=True, defer_size="1 MB")  # pixel data read only once it is wanted
     _ensure_transfer_syntax(ds)
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_size(path, columns, rows)
     if not any(tag in ds for tag in _PIXEL_TAGS):
         kind = str(ds.get("SOPClassUID", "unknown SOP class"))
         name = getattr(ds.get("SOPClassUID"), "name", kind)

@@ -23,6 +23,7 @@ _MURA_PART = re.compile(r"^XR_([A-Z]+)$", re.IGNORECASE)
 _MURA_PATIENT = re.compile(r"^patient(\d+)$", re.IGNORECASE)
 _MURA_STUDY = re.compile(r"^study(\d+)_(positive|negative)$", re.IGNORECASE)
 _DICOM_TAGS = ["StudyInstanceUID", "BodyPartExamined"]
+_PHI_TAGS = ["PatientID"]  # read only with include_phi
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ def parse_mura_path(parts: tuple[str, ...]) -> MuraPath:
 
 def _file_kind(path: Path) -> str | None:
     suffix = path.suffix.lower()
+    if path.is_symlink() and not path.exists():  # broken link or loop: reported if named like an image
+        return "raster" if suffix in choices.RASTER_EXTENSIONS else "dicom" if suffix in choices.DICOM_EXTENSIONS else None
     if suffix in choices.RASTER_EXTENSIONS:
         return "raster"
     if suffix in choices.DICOM_EXTENSIONS:
@@ -97,7 +100,7 @@ def _folder_study(rel_folder: str, root: Path, mura: MuraPath) -> str:
     return rel_folder if rel_folder != "." else root.name
 
 
-def _record(path: Path, root: Path, kind: str) -> ImageRecord:
+def _record(path: Path, root: Path, kind: str, include_phi: bool = False) -> ImageRecord:
     rel = path.relative_to(root).as_posix()
     rel_folder = path.parent.relative_to(root).as_posix()
     mura = parse_mura_path(path.parts)
@@ -110,20 +113,33 @@ def _record(path: Path, root: Path, kind: str) -> ImageRecord:
         body_part=mura.body_part,
         label=mura.label,
     )
-    return _with_dicom_header(record) if kind == "dicom" else record
+    if path.is_symlink() and not path.exists():
+        return replace(record, error="broken symbolic link or link loop")
+    return _with_dicom_header(record, include_phi) if kind == "dicom" else record
 
 
-def _with_dicom_header(record: ImageRecord) -> ImageRecord:
+def _with_dicom_header(record: ImageRecord, include_phi: bool) -> ImageRecord:
+    tags = _DICOM_TAGS + (_PHI_TAGS if include_phi else [])
     try:
-        ds = pydicom.dcmread(record.path, stop_before_pixels=True, force=True, specific_tags=_DICOM_TAGS)
+        ds = pydicom.dcmread(record.path, stop_before_pixels=True, force=True, specific_tags=tags)
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, AttributeError) as exc:
-        return replace(record, error=f"unreadable DICOM header ({type(exc).__name__}: {exc})")
+        return replace(record, error=_header_error(exc))
     uid = str(ds.get("StudyInstanceUID", "") or "").strip()
     part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
-    return replace(record, study_id=uid or record.study_id, body_part=part or record.body_part)
+    patient = str(ds.get("PatientID", "") or "").strip() if include_phi else ""
+    return replace(record, study_id=uid or record.study_id, body_part=part or record.body_part,
+                   patient_id=patient or record.patient_id)
 
 
-def discover(input_path: str | Path) -> Discovery:
+def _header_error(exc: Exception) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "file disappeared before it could be read"
+    return f"unreadable DICOM header ({type(exc).__name__}: {exc})"
+
+
+def discover(input_path: str | Path, include_phi: bool = False) -> Discovery:
     """Every image below ``input_path`` (a folder or one file), in a stable order."""
     given = Path(input_path).expanduser()
     if not given.exists():
@@ -133,16 +149,16 @@ def discover(input_path: str | Path) -> Discovery:
         kind = _file_kind(given)
         if kind is None:
             raise InputError(f"{given}: not a PNG, JPEG or DICOM file")
-        return Discovery(root=given.parent, images=(_record(given, given.parent, kind),))
+        return Discovery(root=given.parent, images=(_record(given, given.parent, kind, include_phi),))
     images, skipped, examples = [], 0, []
     for path, hidden in _walk(given):
-        kind = None if hidden or not path.is_file() else _file_kind(path)
+        kind = None if hidden or not (path.is_file() or path.is_symlink()) else _file_kind(path)
         if kind is None:
             skipped += 1
             if len(examples) < 5:
                 examples.append(path.relative_to(given).as_posix())
             continue
-        images.append(_record(path, given, kind))
+        images.append(_record(path, given, kind, include_phi))
     return Discovery(root=given, images=tuple(images), skipped=skipped, skipped_examples=tuple(examples))
 
 

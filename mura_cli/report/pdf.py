@@ -10,7 +10,7 @@ import pandas as pd
 
 from mura_cli.choices import RESEARCH_NOTICE
 from mura_cli.errors import ReportError
-from mura_cli.report.images import Thumbnails, data_uri
+from mura_cli.report.images import data_uri
 from mura_cli.report.tables import atomic_write_bytes
 from mura_cli.resources import data_dir
 
@@ -31,11 +31,11 @@ def _fmt(value, digits: int = 3) -> str:
     return "" if pd.isna(value) else f"{value:.{digits}f}"
 
 
-def _study_rows(run: dict, images: pd.DataFrame, studies: pd.DataFrame, visuals: dict[int, Thumbnails | None]):
+def _study_rows(run: dict, images: pd.DataFrame, studies: pd.DataFrame, visuals):
     cfg = run["model"]["config"]
     by_study: dict[str, list[dict]] = {}
-    for index, row in images.iterrows():
-        thumbs = visuals.get(index)
+    for row in images.to_dict("records"):
+        thumbs = visuals.get(row["path"])
         by_study.setdefault(row["study_id"], []).append({
             "path": row["path"], "error": row["error"], "probability_text": _fmt(row["probability"]),
             "thumb": data_uri(thumbs.image) if thumbs else "",
@@ -76,7 +76,8 @@ def write_pdf(html: str, path: Path) -> Path:
 
 
 def render_score_report(run: dict, images: pd.DataFrame, studies: pd.DataFrame,
-                        visuals: dict[int, Thumbnails | None], path: Path) -> Path:
+                        visuals, path: Path) -> Path:
+    """``visuals.get(rel_path)`` gives an image's Thumbnails (or None)."""
     cfg = run["model"]["config"]
     html = render_html(
         "score.html.j2",

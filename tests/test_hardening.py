@@ -1,0 +1,253 @@
+"""Hostile and odd input, interrupted runs, resume, privacy switches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from pydicom.uid import ExplicitVRLittleEndian
+
+from mura_cli import score as score_module
+from mura_cli.choices import ExitCode
+from mura_cli.config import ScoreConfig
+from mura_cli.errors import DecodeError, InputError
+from mura_cli.io.decode import decode_image
+from mura_cli.score import score_folder
+
+from conftest import make_model_dir, radiograph, save_png8
+
+
+def small_dicom(rg3: Path, path: Path, **changes) -> Path:
+    """A 64x64 version of the real RG3 radiograph, with header changes."""
+    ds = pydicom.dcmread(rg3)
+    pixels = ds.pixel_array[::27, ::27][:64, :64].copy()
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path)
+    return path
+
+
+def hostile_folder(root: Path, rg3: Path) -> dict[str, str]:
+    """Writes odd files; returns {relative path: expected reason fragment, '' for scored}."""
+    expected = {}
+    good = save_png8(radiograph(1), root / "ok" / "good.png")
+    expected["ok/good.png"] = ""
+    (root / "bad").mkdir(parents=True)
+    (root / "bad" / "zero.png").write_bytes(b"")
+    expected["bad/zero.png"] = "empty file"
+    data = good.read_bytes()
+    (root / "bad" / "truncated.png").write_bytes(data[: len(data) // 2])
+    expected["bad/truncated.png"] = "cannot decode"
+    buffer = root / "bad" / "full.jpg"
+    Image.fromarray(np.rint(radiograph(2) * 255).astype(np.uint8)).save(buffer, format="JPEG")
+    (root / "bad" / "truncated.jpg").write_bytes(buffer.read_bytes()[:300])
+    buffer.unlink()
+    expected["bad/truncated.jpg"] = "cannot decode"
+    whole = small_dicom(rg3, root / "tmp.dcm").read_bytes()
+    (root / "tmp.dcm").unlink()
+    (root / "bad" / "truncated.dcm").write_bytes(whole[: len(whole) - 3000])
+    expected["bad/truncated.dcm"] = "cannot decode"
+    (root / "bad" / "text.png").write_text("I am a note, not a picture")
+    expected["bad/text.png"] = "not a PNG, JPEG or DICOM"
+    save_png8(radiograph(3), root / "odd" / "png_named.dcm")
+    expected["odd/png_named.dcm"] = ""
+    report = pydicom.Dataset()
+    report.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    report.SOPInstanceUID = "1.2.3.999.1"
+    report.StudyInstanceUID = "1.2.3.999"
+    report.file_meta = pydicom.dataset.FileMetaDataset()
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.file_meta.MediaStorageSOPClassUID = report.SOPClassUID
+    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    report.save_as(root / "bad" / "report.dcm", enforce_file_format=True)
+    expected["bad/report.dcm"] = "without pixel data"
+    jxl = pydicom.dcmread(small_dicom(rg3, root / "bad" / "jpegxl.dcm"))
+    jxl.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 video: no pixel decoder installed
+    jxl.PixelData = pydicom.encaps.encapsulate([b"\xff\x0a" + b"\0" * 64])
+    jxl["PixelData"].VR = "OB"
+    jxl.save_as(root / "bad" / "jpegxl.dcm")
+    expected["bad/jpegxl.dcm"] = "cannot decompress"
+    frames = pydicom.dcmread(small_dicom(rg3, root / "odd" / "multiframe.dcm"))
+    frames.NumberOfFrames = 2
+    frames.PixelData = frames.PixelData * 2
+    frames.save_as(root / "odd" / "multiframe.dcm")
+    expected["odd/multiframe.dcm"] = ""
+    rgb = np.repeat((np.rint(radiograph(4) * 255).astype(np.uint8))[..., None], 3, axis=2)
+    small_dicom(rg3, root / "odd" / "rgb.dcm", Rows=90, Columns=70, SamplesPerPixel=3, PhotometricInterpretation="RGB",
+                PlanarConfiguration=0, BitsAllocated=8, BitsStored=8, HighBit=7, PixelData=rgb.tobytes())
+    expected["odd/rgb.dcm"] = ""
+    signed = pydicom.dcmread(small_dicom(rg3, root / "odd" / "signed.dcm"))
+    values = signed.pixel_array.astype(np.int16) - 512
+    signed.PixelRepresentation, signed.PixelData, signed.WindowCenter = 1, values.tobytes(), float(signed.WindowCenter) - 512
+    signed.save_as(root / "odd" / "signed.dcm")
+    expected["odd/signed.dcm"] = ""
+    Image.new("L", (1, 1), 128).save(root / "odd" / "one_pixel.png")
+    expected["odd/one_pixel.png"] = ""
+    bomb = Image.new("1", (20000, 20000))  # 1-bit: tiny file, 400 Mpixel declared
+    bomb.save(root / "bad" / "bomb.png", optimize=True)
+    expected["bad/bomb.png"] = "pixels"
+    os.symlink("loop.png", root / "bad" / "loop.png")
+    expected["bad/loop.png"] = "link"
+    save_png8(radiograph(5), root / "Ünïcode study" / "bild 1 (copy).png")
+    expected["Ünïcode study/bild 1 (copy).png"] = ""
+    return expected
+
+
+def test_every_odd_file_gets_its_own_reason_and_the_rest_is_scored(tmp_path, tiny_model, rg3_files):
+    expected = hostile_folder(tmp_path / "in", rg3_files[0])
+    started = time.perf_counter()
+    result = score_folder(ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "out"),
+                                      model=str(tiny_model), workers=0))
+    assert time.perf_counter() - started < 60  # the bomb is refused, not decoded
+    assert result.exit_code == ExitCode.PARTIAL
+    rows = pd.read_csv(tmp_path / "out" / "images.csv", keep_default_na=False).set_index("path")
+    assert set(rows.index) == set(expected)
+    for path, reason in expected.items():
+        if reason:
+            assert reason in rows.loc[path, "error"], (path, rows.loc[path, "error"])
+            assert rows.loc[path, "probability"] == ""
+            assert "\n" not in rows.loc[path, "error"]
+        else:
+            assert rows.loc[path, "error"] == "", (path, rows.loc[path, "error"])
+            assert 0.0 <= float(rows.loc[path, "probability"]) <= 1.0
+
+
+def test_a_file_deleted_during_the_run(tmp_path, tiny_model, monkeypatch, mura_folder):
+    victim = next(mura_folder.rglob("image2.png"))
+    real_discover = score_module.discover
+
+    def discover_then_delete(*args, **kwargs):
+        found = real_discover(*args, **kwargs)
+        victim.unlink()
+        return found
+
+    monkeypatch.setattr(score_module, "discover", discover_then_delete)
+    result = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"), model=str(tiny_model),
+                                      workers=0))
+    assert result.exit_code == ExitCode.PARTIAL
+    assert [reason for _, reason in result.failures] == ["file disappeared before it could be read"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_unreadable_file(tmp_path):
+    path = save_png8(radiograph(1), tmp_path / "secret.png")
+    path.chmod(0)
+    with pytest.raises(DecodeError, match="permission denied"):
+        decode_image(path)
+
+
+def _seeds(rg3: Path, tmp_path: Path) -> list[bytes]:
+    png = save_png8(radiograph(1, 20, 16), tmp_path / "seed.png").read_bytes()
+    dicom = small_dicom(rg3, tmp_path / "seed.dcm").read_bytes()
+    return [png, dicom, b"\xff\xd8\xff\xe0" + b"\0" * 40, b"\0" * 128 + b"DICM"]
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_files_decode_or_raise_decode_error(data, tmp_path, rg3_files):
+    seeds = _seeds(rg3_files[0], tmp_path)
+    base = bytearray(data.draw(st.sampled_from(seeds)))
+    for _ in range(data.draw(st.integers(0, 8))):  # flip, cut or insert bytes
+        position = data.draw(st.integers(0, max(len(base) - 1, 0)))
+        action = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if action == "flip" and base:
+            base[position] ^= data.draw(st.integers(1, 255))
+        elif action == "cut":
+            del base[position:]
+        else:
+            base[position:position] = data.draw(st.binary(min_size=1, max_size=16))
+    path = tmp_path / "fuzz.bin"
+    path.write_bytes(bytes(base))
+    try:
+        image = decode_image(path)
+    except DecodeError:
+        return
+    assert image.ndim == 2 and image.dtype == np.float32 and np.isfinite(image).all()
+
+
+def _many_images(root: Path, count: int) -> Path:
+    for k in range(count):
+        save_png8(radiograph(k), root / f"study{k // 3:03d}" / f"img{k % 3}.png")
+    return root
+
+
+def _score_command(data: Path, out: Path, model: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mura_cli", "score", str(data), "--out", str(out), "--model", str(model),
+            "--workers", "0", "--batch-size", "1", "--quiet", *extra]
+
+
+def _wait_for_rows(path: Path, rows: int, process, limit: float = 120) -> None:
+    deadline = time.time() + limit
+    while time.time() < deadline and process.poll() is None:
+        if path.is_file() and path.read_text().count("\n") > rows:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never reached {rows} rows")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_rows(tmp_path):
+    model = make_model_dir(tmp_path / "slow-model", "resnet10t", size=160)  # slow enough to be killed midway
+    data = _many_images(tmp_path / "data", 48)
+    whole = subprocess.run(_score_command(data, tmp_path / "whole", model), capture_output=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    process = subprocess.Popen(_score_command(data, tmp_path / "cut", model), stderr=subprocess.PIPE)
+    _wait_for_rows(tmp_path / "cut" / "images.csv", 10, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    partial = pd.read_csv(tmp_path / "cut" / "images.csv")
+    assert 10 <= len(partial) < 48
+    refused = subprocess.run(_score_command(data, tmp_path / "cut", model), capture_output=True, text=True)
+    assert refused.returncode == 1 and "--resume" in refused.stderr
+    resumed = subprocess.run(_score_command(data, tmp_path / "cut", model, "--resume"), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("images.csv", "studies.csv"):
+        assert (tmp_path / "cut" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_cleanly_and_says_how_to_resume(tmp_path):
+    model = make_model_dir(tmp_path / "slow-model", "resnet10t", size=160)
+    data = _many_images(tmp_path / "data", 48)
+    command = _score_command(data, tmp_path / "out", model)
+    command.remove("--quiet")
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(tmp_path / "out" / "images.csv", 5, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "--resume" in stderr and "Traceback" not in stderr
+    assert len(pd.read_csv(tmp_path / "out" / "images.csv")) >= 5
+
+
+def test_resume_refuses_results_of_another_model(tmp_path, tiny_model, resnet_model, mura_folder):
+    score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"), model=str(tiny_model), workers=0))
+    with pytest.raises(InputError, match="another model"):
+        score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"), model=str(resnet_model),
+                                 workers=0), resume=True)
+
+
+def test_include_phi_adds_patient_id_only_when_asked(tmp_path, tiny_model, rg3_files):
+    small_dicom(rg3_files[0], tmp_path / "in" / "a.dcm", PatientID="PID-4242")
+    plain = score_folder(ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "o1"), model=str(tiny_model),
+                                     workers=0))
+    assert "PID-4242" not in (tmp_path / "o1" / "studies.csv").read_text()
+    assert plain.studies["patient_id"].tolist() == [""]
+    with_phi = score_folder(ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "o2"),
+                                        model=str(tiny_model), workers=0, include_phi=True))
+    assert with_phi.studies["patient_id"].tolist() == ["PID-4242"]
