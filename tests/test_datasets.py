@@ -96,3 +96,11 @@ def test_class_weights_follow_the_mura_paper():
     assert weights[("HAND", 1)] == 1.0  # a part with one class only is not reweighted
     assert class_weights(train, "none")[("WRIST", 1)] == 1.0
     assert class_weights(train, "global")[("HAND", 1)] == pytest.approx(3 / 5)
+
+
+def test_too_few_patients_for_a_split_is_a_clear_error(mura_folder):
+    from mura_cli.errors import MuraError
+
+    table = read_dataset(mura_folder)  # three patients
+    with pytest.raises(MuraError, match="needs at least 7 patients"):
+        patient_split(table, 0.15, seed=0)

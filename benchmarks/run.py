@@ -1,0 +1,298 @@
+"""mura-cli benchmarks: one command, one table, ratios against baselines measured in the same run.
+
+    python benchmarks/run.py                      # defaults: 240 images, efficientnet_b0 at 224
+    python benchmarks/run.py --images 600 --arch densenet169 --img-size 320 --device cuda
+
+Builds a synthetic MURA-like corpus (grayscale PNG up to 512 px, a share of 16-bit PNG and of DICOM,
+three images per study), then measures: raw forward rate; `score` end to end with and without
+heatmaps; the naive baseline (one image at a time, PIL, fp32, a separate autograd Grad-CAM pass per
+image); peak memory of `score` at two corpus sizes; PDF time and memory for several study counts;
+`train` against its raw step rate. Appends the table to benchmarks/RESULTS.md with date, device,
+versions and the command. Figures are never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+
+
+def build_corpus(root: Path, images: int, seed: int = 0) -> Path:
+    """Studies of three images: 70% 8-bit PNG, 15% 16-bit PNG, 15% DICOM (MONOCHROME2, 12 bit)."""
+    rng = np.random.default_rng(seed)
+    for k in range(images):
+        study = root / f"XR_WRIST/patient{k // 6:05d}/study{(k // 3) % 2 + 1}_{'positive' if k % 2 else 'negative'}"
+        study.mkdir(parents=True, exist_ok=True)
+        h, w = int(rng.integers(320, 513)), int(rng.integers(256, 513))
+        yy, xx = np.mgrid[0:h, 0:w]
+        bone = np.exp(-(((xx - w / 2) / (w * 0.15)) ** 2 + ((yy - h / 2) / (h * 0.4)) ** 2))
+        image = np.clip(0.1 + 0.7 * bone + rng.normal(0, 0.03, (h, w)), 0, 1)
+        kind = rng.random()
+        if kind < 0.70:
+            Image.fromarray((image * 255).astype(np.uint8)).save(study / f"image{k % 3 + 1}.png")
+        elif kind < 0.85:
+            Image.fromarray((image * 65535).astype(np.uint16)).save(study / f"image{k % 3 + 1}.png")
+        else:
+            _write_dicom(study / f"image{k % 3 + 1}.dcm", (image * 4095).astype(np.uint16), k)
+    return root
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, k: int) -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.99.{k // 3}"
+    ds.Modality, ds.BodyPartExamined = "CR", "WRIST"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def make_model(folder: Path, arch: str, size: int) -> Path:
+    from mura_cli.config import ModelConfig
+    from mura_cli.modeling import create_model, save_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(architecture=arch, input_size=(3, size, size), name=f"bench-{arch}")
+    return save_model(create_model(cfg), cfg, folder)
+
+
+def raw_forward_rate(model_dir: Path, device: str, precision: str, batch: int, seconds: float = 8.0) -> dict:
+    from mura_cli.device import create_runtime
+    from mura_cli.modeling import load_model
+
+    loaded, runtime = load_model(model_dir), create_runtime(device, precision)
+    model = loaded.model.to(runtime.device).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(batch, *loaded.config.input_size, device=runtime.device).contiguous(memory_format=torch.channels_last)
+    count, started = 0, None
+    with torch.inference_mode(), runtime.autocast():
+        for step in range(10_000):
+            model(x)
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize()
+            if step == 1:
+                started = time.perf_counter()
+            elif step > 1:
+                count += batch
+                if time.perf_counter() - started > seconds:
+                    break
+    return {"img_s": count / (time.perf_counter() - started), "precision": runtime.precision,
+            "device": str(runtime.device)}
+
+
+def score_rate(corpus: Path, model_dir: Path, out: Path, device: str, precision: str, batch: int,
+               heatmaps: bool) -> dict:
+    from mura_cli.config import ScoreConfig
+    from mura_cli.score import score_folder
+
+    config = ScoreConfig(input=str(corpus), out_dir=str(out), model=str(model_dir), device=device,
+                         precision=precision, batch_size=batch, heatmaps=heatmaps)
+    started = time.perf_counter()
+    result = score_folder(config, overwrite=True)
+    seconds = time.perf_counter() - started
+    return {"img_s": len(result.images) / seconds, "seconds": seconds, "images": len(result.images)}
+
+
+def naive_rate(corpus: Path, model_dir: Path, limit: int) -> dict:
+    """The seeds' way: PIL, one image at a time, fp32, a separate autograd Grad-CAM pass per image."""
+    from mura_cli.modeling import load_model
+
+    loaded = load_model(model_dir)
+    model, cfg = loaded.model.eval(), loaded.config
+    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
+    files = sorted(p for p in corpus.rglob("*.png"))[:limit]
+    started = time.perf_counter()
+    for path in files:
+        img = Image.open(path).convert("L").convert("RGB").resize(cfg.input_size[1:][::-1])
+        x = (torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None] - mean) / std
+        with torch.no_grad():
+            torch.sigmoid(model(x))
+        feats = model.forward_features(x)
+        feats.retain_grad()
+        model.forward_head(feats)[0, 0].backward()
+        torch.relu((feats.grad.mean((2, 3), keepdim=True) * feats).sum(1))
+    return {"img_s": len(files) / (time.perf_counter() - started), "images": len(files)}
+
+
+def _child(code: str, *args: str) -> dict:
+    """Run a snippet in a fresh interpreter; returns its JSON result plus the peak RSS (MiB) of it and
+    its children."""
+    wrapper = (
+        "import json, resource, subprocess, sys\n"
+        "proc = subprocess.run([sys.executable, '-c', sys.argv[1], *sys.argv[2:]], capture_output=True, text=True)\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "print(json.dumps({'out': proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else '',"
+        " 'err': proc.stderr[-2000:], 'code': proc.returncode, 'peak_mib': peak}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", wrapper, code, *args], capture_output=True, text=True, check=True)
+    info = json.loads(done.stdout)
+    if info["code"] != 0:
+        raise RuntimeError(info["err"])
+    return {**(json.loads(info["out"]) if info["out"] else {}), "peak_mib": info["peak_mib"]}
+
+
+SCORE_SNIPPET = """
+import json, sys, time
+from mura_cli.config import ScoreConfig
+from mura_cli.score import score_folder
+t = time.perf_counter()
+r = score_folder(ScoreConfig(input=sys.argv[1], out_dir=sys.argv[2], model=sys.argv[3], batch_size=int(sys.argv[4])), overwrite=True)
+print(json.dumps({"seconds": time.perf_counter() - t, "images": len(r.images)}))
+"""
+
+PDF_SNIPPET = """
+import io, json, sys, time
+import numpy as np, pandas as pd
+from PIL import Image
+from mura_cli.report.images import make_thumbnails
+from mura_cli.geometry import fit_geometry
+from mura_cli.report.pdf import render_score_report
+n = int(sys.argv[1])
+rng = np.random.default_rng(0)
+g = fit_geometry(512, 400, 224, 224, "letterbox")
+canvas = (rng.random((224, 224)) * 255).astype(np.uint8)
+thumbs = make_thumbnails(canvas, g, rng.random((224, 224)).astype(np.float32))
+images = pd.DataFrame({"path": [f"s{i // 3}/img{i % 3}.png" for i in range(3 * n)], "study_id": [f"s{i // 3}" for i in range(3 * n)],
+    "body_part": "WRIST", "probability": rng.random(3 * n), "error": "", "width": 400, "height": 512,
+    "heatmap_peak_x": 1, "heatmap_peak_y": 1})
+studies = images.groupby("study_id", as_index=False).agg(probability=("probability", "mean"), n_images=("path", "size"))
+studies = studies.assign(body_part="WRIST", patient_id="", label=pd.array([pd.NA] * n, dtype="Int64"), n_failed=0,
+    prediction=pd.array((studies["probability"] >= 0.5).astype(int), dtype="Int64"), threshold=0.5)
+run = {"started": "now", "tool": {"version": "bench"}, "config": {"input": "bench"}, "threshold": 0.5, "aggregation": "mean",
+    "counts": {"scored": 3 * n, "failed": 0, "skipped_files": 0, "studies": n, "positive_studies": 0, "negative_studies": 0},
+    "model": {"name": "bench", "weights_sha256": "0" * 64, "config": {"architecture": "x", "input_size": [3, 224, 224],
+    "task": "bench", "positive_class": "abnormal", "negative_class": "normal"}}, "runtime": {"device": "cpu", "precision": "fp32", "heatmap_method": "cam"}}
+class Store:
+    def get(self, path): return thumbs
+t = time.perf_counter()
+render_score_report(run, images, studies, Store(), __import__("pathlib").Path(sys.argv[2]))
+print(json.dumps({"seconds": time.perf_counter() - t, "studies": n}))
+"""
+
+
+def train_rates(corpus: Path, work: Path, arch: str, size: int, batch: int) -> dict:
+    from mura_cli.config import TrainConfig
+    from mura_cli.train import train
+
+    model = make_model(work / "raw", arch, size)
+    from mura_cli.modeling import load_model
+
+    net = load_model(model).model.train().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), 1e-4)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.rand(batch)
+    for step in range(8):
+        if step == 2:  # two warm-up steps
+            started = time.perf_counter()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x)[:, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    raw = 6 * batch / (time.perf_counter() - started)
+    config = TrainConfig(data=str(corpus), out_dir=str(work / "trained"), arch=arch, img_size=size, in_chans=3,
+                         epochs=2, freeze_epochs=0, batch_size=batch, val_fraction=0.2, patience=5)
+    started = time.perf_counter()
+    result = train(config)
+    seconds = float(result.log["seconds"].iloc[-1])  # the second epoch: steady state
+    images = int((__import__("pandas").read_csv(work / "trained" / "split.csv")["side"] == "train").sum())
+    return {"raw_step_img_s": raw, "train_img_s": images / seconds, "epoch_seconds": seconds}
+
+
+def environment(device: str) -> dict:
+    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
+            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    if torch.cuda.is_available() and device != "cpu":
+        info["gpu"] = torch.cuda.get_device_name()
+    info["GLIBC_TUNABLES"] = os.environ.get("GLIBC_TUNABLES", "(unset)")
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=240)
+    parser.add_argument("--arch", default="efficientnet_b0")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--naive-images", type=int, default=40)
+    parser.add_argument("--pdf-studies", default="100,500")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    rows = run_all(args)
+    text = render(rows, environment(args.device), " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]))
+    print(text)
+    with open(args.results, "a", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+
+
+def run_all(args) -> list[tuple[str, str, str]]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mura-bench-") as tmp:
+        work = Path(tmp)
+        corpus = build_corpus(work / "corpus", args.images)
+        model = make_model(work / "model", args.arch, args.img_size)
+        raw = raw_forward_rate(model, args.device, args.precision, args.batch)
+        rows.append((f"raw forward ({args.arch} {args.img_size}px, {raw['precision']}, batch {args.batch})",
+                     f"{raw['img_s']:.1f} img/s", "1.00x of raw"))
+        e2e = score_rate(corpus, model, work / "out", args.device, args.precision, args.batch, heatmaps=True)
+        bare = score_rate(corpus, model, work / "out2", args.device, args.precision, args.batch, heatmaps=False)
+        naive = naive_rate(corpus, model, args.naive_images)
+        rows.append(("score end to end, with heatmaps", f"{e2e['img_s']:.1f} img/s",
+                     f"{e2e['img_s'] / raw['img_s']:.2f}x of raw; {e2e['img_s'] / naive['img_s']:.1f}x of naive"))
+        rows.append(("score end to end, no heatmaps", f"{bare['img_s']:.1f} img/s",
+                     f"heatmaps cost {100 * (bare['img_s'] / e2e['img_s'] - 1):+.1f}%"))
+        rows.append(("naive baseline (PIL, 1 image, fp32, autograd Grad-CAM)", f"{naive['img_s']:.1f} img/s", "1.00x"))
+        small = _child(SCORE_SNIPPET, str(corpus), str(work / "m1"), str(model), str(args.batch))
+        big_corpus = build_corpus(work / "corpus3", args.images * 3, seed=1)
+        big = _child(SCORE_SNIPPET, str(big_corpus), str(work / "m2"), str(model), str(args.batch))
+        rows.append((f"score peak memory, {small['images']} / {big['images']} images",
+                     f"{small['peak_mib']:.0f} / {big['peak_mib']:.0f} MiB",
+                     f"{big['peak_mib'] / small['peak_mib']:.2f}x for 3x the images"))
+        for n in [int(v) for v in args.pdf_studies.split(",") if v]:
+            pdf = _child(PDF_SNIPPET, str(n), str(work / f"r{n}.pdf"))
+            rows.append((f"PDF, {n} studies ({3 * n} images)", f"{pdf['seconds']:.1f} s",
+                         f"{3 * n / pdf['seconds']:.0f} images/s; peak {pdf['peak_mib']:.0f} MiB"))
+        if not args.skip_train:
+            tr = train_rates(corpus, work, args.arch, args.img_size, args.batch)
+            rows.append(("train step, raw (random tensors)", f"{tr['raw_step_img_s']:.1f} img/s", "1.00x"))
+            rows.append(("train, epoch 2 (decode + augment + step + validation)", f"{tr['train_img_s']:.1f} img/s",
+                         f"{tr['train_img_s'] / tr['raw_step_img_s']:.2f}x of raw step"))
+    return rows
+
+
+def render(rows, env: dict, command: str) -> str:
+    lines = [f"## {env['date']}", "", f"- command: `{command}`",
+             "- environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "date"), "",
+             "| measurement | result | ratio |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {value} | {ratio} |" for name, value, ratio in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
