@@ -137,7 +137,7 @@ def naive_rate(corpus: Path, model_dir: Path, limit: int) -> dict:
     return {"img_s": len(files) / (time.perf_counter() - started), "images": len(files)}
 
 
-def _child(code: str, *args: str) -> dict:
+def _child(code: str, *args: str, tuned: bool | None = None) -> dict:
     """Run a snippet in a fresh interpreter; returns its JSON result plus the peak RSS (MiB) of it and
     its children."""
     wrapper = (
@@ -147,7 +147,15 @@ def _child(code: str, *args: str) -> dict:
         "print(json.dumps({'out': proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else '',"
         " 'err': proc.stderr[-2000:], 'code': proc.returncode, 'peak_mib': peak}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", wrapper, code, *args], capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    if tuned is not None:
+        from mura_cli.cli import MALLOC_TUNABLES
+
+        env.pop("GLIBC_TUNABLES", None)
+        if tuned:
+            env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    done = subprocess.run([sys.executable, "-c", wrapper, code, *args], capture_output=True, text=True, check=True,
+                          env=env)
     info = json.loads(done.stdout)
     if info["code"] != 0:
         raise RuntimeError(info["err"])
@@ -267,9 +275,13 @@ def run_all(args) -> list[tuple[str, str, str]]:
         rows.append(("score end to end, no heatmaps", f"{bare['img_s']:.1f} img/s",
                      f"heatmaps cost {100 * (bare['img_s'] / e2e['img_s'] - 1):+.1f}%"))
         rows.append(("naive baseline (PIL, 1 image, fp32, autograd Grad-CAM)", f"{naive['img_s']:.1f} img/s", "1.00x"))
-        small = _child(SCORE_SNIPPET, str(corpus), str(work / "m1"), str(model), str(args.batch))
+        plain = _child(SCORE_SNIPPET, str(corpus), str(work / "m0"), str(model), str(args.batch), tuned=False)
+        small = _child(SCORE_SNIPPET, str(corpus), str(work / "m1"), str(model), str(args.batch), tuned=True)
+        rows.append(("score in a fresh process: default glibc malloc / mura-cli's tuned malloc",
+                     f"{plain['images'] / plain['seconds']:.1f} / {small['images'] / small['seconds']:.1f} img/s",
+                     f"tuning gives {plain['seconds'] / small['seconds']:.2f}x"))
         big_corpus = build_corpus(work / "corpus3", args.images * 3, seed=1)
-        big = _child(SCORE_SNIPPET, str(big_corpus), str(work / "m2"), str(model), str(args.batch))
+        big = _child(SCORE_SNIPPET, str(big_corpus), str(work / "m2"), str(model), str(args.batch), tuned=True)
         rows.append((f"score peak memory, {small['images']} / {big['images']} images",
                      f"{small['peak_mib']:.0f} / {big['peak_mib']:.0f} MiB",
                      f"{big['peak_mib'] / small['peak_mib']:.2f}x for 3x the images"))

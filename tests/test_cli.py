@@ -43,7 +43,7 @@ def test_score_cli_fatal_and_usage_errors(tmp_path, tiny_model, mura_folder):
 
 
 def test_sample_data_then_score_as_a_subprocess(tmp_path, tiny_model):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MURA_CLI_MALLOC_TUNING")}, "PYTHONUNBUFFERED": "1"}
     samples = tmp_path / "samples"
     made = subprocess.run([sys.executable, "-m", "mura_cli", "sample-data", str(samples)],
                           capture_output=True, text=True, env=env, timeout=120)
@@ -56,6 +56,21 @@ def test_sample_data_then_score_as_a_subprocess(tmp_path, tiny_model):
     studies = pd.read_csv(tmp_path / "out" / "studies.csv")
     assert len(studies) == 1 and studies.loc[0, "n_images"] == 2 and studies.loc[0, "body_part"] == "EXTREMITY"
     assert (tmp_path / "out" / "report.pdf").stat().st_size > 10_000
+    import json
+
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert "glibc.malloc.trim_threshold" in run["runtime"]["glibc_tunables"]  # re-executed with tuned malloc
+
+
+def test_malloc_tuning_can_be_turned_off(tmp_path, tiny_model, mura_folder):
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["MURA_CLI_MALLOC_TUNING"] = "0"
+    done = subprocess.run([sys.executable, "-m", "mura_cli", "score", str(mura_folder), "--model", str(tiny_model),
+                           "--out", str(tmp_path / "o"), "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["runtime"]["glibc_tunables"] == ""
 
 
 def test_train_then_evaluate_with_boxes_through_the_cli(learnable_folder, tmp_path):
