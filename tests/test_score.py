@@ -108,7 +108,9 @@ def test_empty_folder_and_existing_results(tmp_path, tiny_model, mura_folder):
 
 
 def test_missing_default_model_says_how_to_get_one(tmp_path, mura_folder, monkeypatch):
-    monkeypatch.setenv("MURA_CLI_MODELS", str(tmp_path / "none"))
+    from mura_cli import modeling
+
+    monkeypatch.setattr(modeling, "model_search_dirs", lambda: [tmp_path / "none"])
     config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"))
     with pytest.raises(ModelError, match="--model DIR"):
         score_folder(config)
