@@ -97,6 +97,7 @@ def score(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run in --out: skip the images it scored."),
     include_phi: bool = typer.Option(False, "--include-phi", help="Put DICOM PatientID in the patient_id column (off by default)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: score only share I (0-based) of N, by a stable hash of the study id; combine with `mura-cli merge`."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Score every radiograph below INPUT; write images.csv, studies.csv, run.json (and report.pdf)."""
@@ -109,7 +110,7 @@ def score(
         raise typer.BadParameter(f"expected one of {', '.join(choices.PRECISIONS)}", param_hint="--precision")
     config = ScoreConfig(input=str(input), out_dir=str(out), model=model, device=device, precision=precision,
                          batch_size=batch_size, workers=workers, aggregate=aggregate, threshold=threshold,
-                         heatmaps=heatmaps, pdf=pdf, include_phi=include_phi)
+                         heatmaps=heatmaps, pdf=pdf, include_phi=include_phi, shard=shard)
     if overwrite and resume:
         raise typer.BadParameter("choose one of --overwrite and --resume", param_hint="--resume")
     if include_phi:
@@ -297,6 +298,25 @@ def _eval_summary(result) -> None:
         table.add_row(name, f"{v['n']} ({v['n_positive']})", *cells)
     err.print(table)
     err.print(f"results in {result.out_dir}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def merge(
+    shards: list[Path] = typer.Argument(..., help="Results folders of `score --shard I/N`, one per shard."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where the merged results go."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write one report.pdf (shards must have been scored with --pdf)."),
+) -> None:
+    """Combine shard results into exactly what a single run would have written."""
+    from mura_cli.merge import merge_shards
+
+    try:
+        run = merge_shards(shards, out, pdf=pdf)
+    except MuraError as exc:
+        raise _fail(str(exc)) from None
+    counts = run["counts"]
+    err.print(f"merged {run['shards']} shards: {counts['images']} images ({counts['failed']} failed), "
+              f"{counts['studies']} studies -> {escape(str(out))}", soft_wrap=True)
+    raise typer.Exit(int(ExitCode.PARTIAL if counts["failed"] else ExitCode.OK))
 
 
 @app.command()

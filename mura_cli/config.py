@@ -109,6 +109,7 @@ class ScoreConfig:
     heatmaps: bool = True
     pdf: bool = False
     include_phi: bool = False  # add DICOM PatientID to the patient_id column (off: no demographics anywhere)
+    shard: str | None = None  # "I/N": score only the studies whose stable hash falls in share I of N
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -31,6 +31,7 @@ from mura_cli.predict import IMAGE_COLUMNS, BatchResult, Predictor, predict_reco
 from mura_cli.report.images import Thumbnails, make_thumbnails
 from mura_cli.report.tables import write_csv, write_json
 from mura_cli.report.thumbstore import ThumbStore
+from mura_cli.shard import parse_shard
 
 RESULT_FILES = ("images.csv", "studies.csv", "run.json", "report.pdf")
 
@@ -212,6 +213,11 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
     loaded = load_model(resolve_model_dir(config.model))
     runtime = create_runtime(config.device, config.precision)
     discovery = discover(config.input, include_phi=config.include_phi)
+    shard = parse_shard(config.shard) if config.shard else None
+    if shard is not None:
+        discovery = replace(discovery, images=tuple(r for r in discovery.images if shard.holds(r.study_id)))
+    if not discovery.images and shard is not None:
+        raise InputError(f"shard {shard} of {config.input} holds no studies (fewer studies than shards?)")
     if not discovery.images:
         raise InputError(f"{discovery.root}: no PNG, JPEG or DICOM images found "
                          f"({discovery.skipped} other files skipped)")
@@ -234,7 +240,8 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
     run = _run_record(config, loaded, runtime, workers, heatmap_method, discovery, images, studies, method,
                       threshold, started, seconds_model)
     run["resumed_images"] = len(done)
-    report_error = _report(config, run, images, studies, out_dir, files, notify)
+    run["shard"] = {"index": shard.index, "count": shard.count} if shard else None
+    report_error = _report(config, run, images, studies, out_dir, files, notify, keep_thumbnails=shard is not None)
     run["status"], run["finished"], run["report_error"] = "finished", _now(), report_error
     run["seconds"]["total"] = round(time.perf_counter() - clock, 3)
     files["run.json"] = write_json(run, out_dir / "run.json")
@@ -243,7 +250,7 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
     return ScoreResult(out_dir, images, studies, run, files, code, report_error, failures)
 
 
-def _report(config, run, images, studies, out_dir: Path, files: dict, notify) -> str:
+def _report(config, run, images, studies, out_dir: Path, files: dict, notify, keep_thumbnails: bool = False) -> str:
     """Render report.pdf from the thumbnails kept on disk; returns the error, if any (CSVs stay)."""
     if not config.pdf or not run["counts"]["scored"]:
         return ""
@@ -258,5 +265,6 @@ def _report(config, run, images, studies, out_dir: Path, files: dict, notify) ->
         return str(exc)
     finally:
         run["seconds"]["report"] = round(time.perf_counter() - t_report, 3)
-    store.clear()
+    if not keep_thumbnails:  # a shard keeps them for `mura-cli merge --pdf`
+        store.clear()
     return ""
