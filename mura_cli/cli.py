@@ -232,6 +232,7 @@ def train(
                              negative_class=negative_class, task=task)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 talks
     view = _TrainView(quiet)
     try:
         result = run_training(config, notify=view)

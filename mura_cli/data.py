@@ -112,14 +112,22 @@ def create_augment(flip: bool, rotate: float, scale: float, brightness: float, c
 
 
 def create_train_loader(records, model_cfg: ModelConfig, augment, batch_size: int, workers: int,
-                        device: torch.device, generator: torch.Generator) -> DataLoader:
+                        device: torch.device, generator: torch.Generator, shard=None) -> DataLoader:
+    """Shuffled batches; ``shard=(rank, world, seed)`` gives this process its DistributedSampler share."""
     dataset = AugmentedDataset(records, model_cfg, augment)
+    sampler = None
+    if shard is not None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        rank, world, seed = shard
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         generator=generator,
-        drop_last=len(dataset) > batch_size,
+        drop_last=len(dataset) > batch_size * (shard[1] if shard else 1),
         num_workers=workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if workers else None,

@@ -27,6 +27,7 @@ from mura_cli.config import ModelConfig, TrainConfig
 from mura_cli.data import create_augment, create_train_loader, default_workers
 from mura_cli.datasets import read_dataset
 from mura_cli.device import Runtime, create_runtime
+from mura_cli.distributed import DistInfo, barrier, device_for, gather, init_distributed, mean_across, shutdown
 from mura_cli.errors import MuraError
 from mura_cli.io.discover import records_from_table
 from mura_cli.metrics import operating_points, threshold_metrics
@@ -115,8 +116,11 @@ def model_config_for(config: TrainConfig) -> ModelConfig:
 class Trainer:
     """Model, optimiser, schedule and random state of one run; everything a checkpoint holds."""
 
-    def __init__(self, config: TrainConfig, model: nn.Module, model_cfg: ModelConfig, runtime: Runtime):
+    def __init__(self, config: TrainConfig, model: nn.Module, model_cfg: ModelConfig, runtime: Runtime,
+                 dist_info: DistInfo | None = None):
         self.config, self.model_cfg, self.runtime = config, model_cfg, runtime
+        self.dist = dist_info or DistInfo()
+        self.forward_module: nn.Module | None = None
         self.model = model.to(runtime.device)
         if runtime.device.type != "mps":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -159,6 +163,12 @@ class Trainer:
             self.optimizer.param_groups[1]["lr"] = self.config.head_lr
         else:
             self.optimizer.param_groups[1]["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.forward_module = self.model
+        if self.dist.active:  # DDP registers gradient hooks for the parameters that train in this phase
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+            self.forward_module = DistributedDataParallel(self.model, device_ids=ids)
         return "head" if frozen else "all"
 
     def step(self, batch: dict) -> tuple[float, int]:
@@ -169,7 +179,7 @@ class Trainer:
         y = batch["label"][valid].float().to(self.runtime.device)
         w = batch["weight"][valid].float().to(self.runtime.device)
         with self.runtime.autocast():
-            logits = self.model(x)[:, 0]
+            logits = self.forward_module(x)[:, 0]
         loss = (nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="none") * w).mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -196,11 +206,18 @@ class Trainer:
 
 
 def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tuple[dict, pd.DataFrame]:
+    """Study-level metrics on the validation part; under torchrun each rank predicts a share and every
+    rank computes the same metrics from all of them (so early stopping agrees everywhere)."""
     loaded = LoadedModel(trainer.model, trainer.model_cfg, Path("."), "")
     predictor = Predictor(loaded, trainer.runtime, heatmaps=False)
+    mine = list(range(trainer.dist.rank, len(records), trainer.dist.world))
+    found = {}
+    for result in predict_records(predictor, [records[i] for i in mine], trainer.config.batch_size, workers):
+        found.update({mine[i]: float(p) for i, p in zip(result.indices, result.probabilities)})
     probs = np.full(len(records), np.nan)
-    for result in predict_records(predictor, records, trainer.config.batch_size, workers):
-        probs[result.indices] = result.probabilities
+    for part in gather(found, trainer.dist):
+        for index, value in part.items():
+            probs[index] = value
     images = val.assign(probability=probs)
     studies = aggregate_studies(images, "mean", 0.5).dropna(subset=["probability"])
     y, p = studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float)
@@ -211,6 +228,8 @@ def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tupl
 
 
 def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> float:
+    if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new, agreed order every epoch
+        loader.sampler.set_epoch(epoch)
     total, count = 0.0, 0
     for k, batch in enumerate(loader):
         batch["weight"] = torch.tensor([weights.get((bp, int(lb)), 1.0)
@@ -220,7 +239,7 @@ def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> float:
         notify(TrainEvent("batch", epoch, k + 1, len(loader)))
     if count == 0:
         raise MuraError("no training image could be decoded")
-    return total / count
+    return mean_across(total / count, count, trainer.dist)
 
 
 def _monitor(metrics: dict, name: str) -> float:
@@ -251,31 +270,47 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
                "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
         trainer.history.append(row)
         trainer.epoch = epoch + 1
-        training_io.save_checkpoint(trainer.state_dict(), out_dir)
+        if trainer.dist.is_main:
+            training_io.save_checkpoint(trainer.state_dict(), out_dir)
+        barrier(trainer.dist)
         notify(TrainEvent("epoch", epoch + 1, row=row))
 
 
 def train(config: TrainConfig, notify: Callable[[TrainEvent], None] | None = None) -> TrainResult:
-    notify = notify or (lambda event: None)
+    """Train; under torchrun (WORLD_SIZE > 1) as one of several DistributedDataParallel processes,
+    ``batch_size`` being the global batch and rank 0 writing every file."""
+    dist_info = init_distributed(config.device)
+    try:
+        return _train(config, dist_info, notify if dist_info.is_main and notify else (lambda event: None))
+    finally:
+        shutdown(dist_info)
+
+
+def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
+    if config.batch_size % dist_info.world:
+        raise MuraError(f"--batch-size {config.batch_size} (global) must divide by the {dist_info.world} processes")
     seed_everything(config.seed)
     out_dir = Path(config.out_dir).expanduser()
-    training_io.prepare_model_dir(out_dir, config.resume)
+    if dist_info.is_main:
+        training_io.prepare_model_dir(out_dir, config.resume)
+    barrier(dist_info)
     pool = prepare_split(config)
     train_rows = pool[pool["side"] == "train"].reset_index(drop=True)
     val = pool[pool["side"] == "val"].reset_index(drop=True)
-    runtime = create_runtime(config.device, config.precision)
+    runtime = create_runtime(device_for(dist_info, config.device), config.precision)
     model_cfg = model_config_for(config)
-    model = training_io.initial_model(config, model_cfg)
-    trainer = Trainer(config, model, model_cfg, runtime)
+    trainer = Trainer(config, training_io.initial_model(config, model_cfg), model_cfg, runtime, dist_info)
     if config.resume:
         trainer.load_state_dict(training_io.load_checkpoint(out_dir))
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     weights = class_weights(train_rows, config.class_weights)
     augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
-    loader = create_train_loader(records_from_table(train_rows), model_cfg, augment, config.batch_size, workers,
-                                 runtime.device, trainer.generator)
+    loader = create_train_loader(records_from_table(train_rows), model_cfg, augment,
+                                 config.batch_size // dist_info.world, workers, runtime.device, trainer.generator,
+                                 shard=(dist_info.rank, dist_info.world, config.seed) if dist_info.active else None)
     notify(TrainEvent("start", trainer.epoch, total=config.epochs,
-                      message=f"{len(train_rows)} training / {len(val)} validation images; {runtime.reason}"))
+                      message=f"{len(train_rows)} training / {len(val)} validation images; {runtime.reason}"
+                      + (f"; {dist_info.world} processes" if dist_info.active else "")))
     val_records = records_from_table(val)
     run_epochs(trainer, loader, weights, val, val_records, workers, out_dir, notify)
     return finish(trainer, pool, val, val_records, workers, out_dir)
@@ -292,7 +327,9 @@ def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> 
     val_metrics = {**threshold_metrics(y, p, threshold), "threshold": threshold}
     log = pd.DataFrame(trainer.history, columns=LOG_COLUMNS)
     model_cfg = trainer.model_cfg.replace(threshold=threshold, provenance=_provenance(trainer, pool, val_metrics))
-    training_io.write_model_dir(trainer.model, model_cfg, trainer.config, log, pool, val_metrics, out_dir)
+    if trainer.dist.is_main:
+        training_io.write_model_dir(trainer.model, model_cfg, trainer.config, log, pool, val_metrics, out_dir)
+    barrier(trainer.dist)
     return TrainResult(out_dir, log, trainer.best_epoch + 1, trainer.best_metric, threshold, val_metrics)
 
 
@@ -300,7 +337,7 @@ def _provenance(trainer: Trainer, pool: pd.DataFrame, val_metrics: dict) -> dict
     cfg = trainer.config
     return {"tool": f"mura-cli {__version__}", "data": cfg.data, "recipe": copy.deepcopy(cfg.to_dict()),
             "images": {"train": int((pool["side"] == "train").sum()), "val": int((pool["side"] == "val").sum())},
-            "best_epoch": trainer.best_epoch + 1, "monitor": cfg.monitor,
+            "best_epoch": trainer.best_epoch + 1, "monitor": cfg.monitor, "processes": trainer.dist.world,
             "validation_study_metrics": {k: v for k, v in val_metrics.items() if k != "confusion"},
             "threshold_rule": "Youden's J on validation studies"}
 
