@@ -46,6 +46,9 @@ def save_model(model: nn.Module, cfg: ModelConfig, directory: str | Path) -> Pat
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "architecture": cfg.architecture})
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(directory / WEIGHTS_FILE, 0o666 & ~mask)  # an ordinary, readable file (a wheel keeps its mode)
     text = json.dumps(cfg.to_dict(), indent=2) + "\n"
     (directory / CONFIG_FILE).write_text(text, encoding="utf-8")
     return directory

@@ -29,6 +29,8 @@ def test_wheel_install_scores_with_pdf_outside_the_repo(tmp_path, tiny_model, mu
     for template in ("base.html.j2", "score.html.j2", "report.css"):
         assert f"mura_cli/_data/report_templates/{template}" in names
     assert "mura_cli/_data/models/README.md" in names
+    for shipped in ("config.json", "model.safetensors", "MODEL_CARD.md", "evaluation.json"):
+        assert f"mura_cli/_data/models/fracatlas-efficientnet-lite0/{shipped}" in names
     for dependency in ("torch", "timm", "pydicom", "pylibjpeg-openjpeg", "weasyprint", "safetensors"):
         assert f"Requires-Dist: {dependency}" in metadata
 
@@ -55,3 +57,13 @@ def test_wheel_install_scores_with_pdf_outside_the_repo(tmp_path, tiny_model, mu
     assert result.returncode == 0, result.stderr
     assert len(pd.read_csv(workdir / "results" / "studies.csv")) == 4
     assert (workdir / "results" / "report.pdf").read_bytes().startswith(b"%PDF")
+    # the README's first command, from the installed wheel: default model, real sample radiographs
+    cli = str(env_dir / "bin" / "mura-cli")
+    subprocess.run([cli, "sample-data", "samples"], cwd=workdir, env=env, check=True, timeout=120)
+    default = subprocess.run([cli, "score", "samples", "--pdf"], cwd=workdir, capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert default.returncode == 0, default.stderr
+    run = __import__("json").loads((workdir / "mura-results" / "run.json").read_text())
+    assert run["model"]["name"] == "fracatlas-efficientnet-lite0"
+    assert run["model"]["path"].startswith(str(env_dir))  # the copy inside the installed package
+    assert (workdir / "mura-results" / "report.pdf").stat().st_size > 20_000
