@@ -48,11 +48,11 @@ def build_corpus(root: Path, images: int, seed: int = 0) -> Path:
         elif kind < 0.85:
             Image.fromarray((image * 65535).astype(np.uint16)).save(study / f"image{k % 3 + 1}.png")
         else:
-            _write_dicom(study / f"image{k % 3 + 1}.dcm", (image * 4095).astype(np.uint16), k)
+            _write_dicom(study / f"image{k % 3 + 1}.dcm", (image * 4095).astype(np.uint16), study)
     return root
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, k: int) -> None:
+def _write_dicom(path: Path, pixels: np.ndarray, study: Path) -> None:
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -61,7 +61,7 @@ def _write_dicom(path: Path, pixels: np.ndarray, k: int) -> None:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.99.{k // 3}"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.99." + str(int(__import__("hashlib").sha1(str(study).encode()).hexdigest()[:12], 16))
     ds.Modality, ds.BodyPartExamined = "CR", "WRIST"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

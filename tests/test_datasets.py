@@ -104,3 +104,11 @@ def test_too_few_patients_for_a_split_is_a_clear_error(mura_folder):
     table = read_dataset(mura_folder)  # three patients
     with pytest.raises(MuraError, match="needs at least 7 patients"):
         patient_split(table, 0.15, seed=0)
+
+
+def test_a_study_with_two_labels_is_refused(tmp_path):
+    save_png8(radiograph(1), tmp_path / "a.png")
+    save_png8(radiograph(2), tmp_path / "b.png")
+    (tmp_path / "m.csv").write_text("path,label,study_id\na.png,1,S1\nb.png,0,S1\n")
+    with pytest.raises(InputError, match="study S1 has images labelled both 0 and 1"):
+        read_dataset(tmp_path / "m.csv")

@@ -21,6 +21,11 @@ def finish_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
     if bad.any():
         raise InputError(f"{source}: labels must be 0 or 1 (row for {table.loc[bad, 'rel_path'].iloc[0]})")
     table["label"] = table["label"].astype(int)
+    mixed = table.groupby("study_id")["label"].nunique()
+    if (mixed > 1).any():
+        study = mixed[mixed > 1].index[0]
+        raise InputError(f"{source}: study {study} has images labelled both 0 and 1 "
+                         f"({int((mixed > 1).sum())} such studies); a study has one label")
     for column in ("rel_path", "study_id", "patient_id", "body_part", "split"):
         table[column] = table[column].fillna("").astype(str)
     table["body_part"] = table["body_part"].str.upper()
