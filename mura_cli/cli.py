@@ -211,6 +211,7 @@ def train(
     contrast: float = typer.Option(0.2),
     scale: float = typer.Option(0.1, help="Random zoom, +- fraction."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Decode each image once into a memory-mapped cache ($MURA_CLI_CACHE, default ~/.cache/mura-cli/decoded)."),
     name: str = typer.Option("", help="Model name (default: the folder name)."),
     positive_class: str = typer.Option("abnormal", "--positive-class", help="Meaning of label 1."),
     negative_class: str = typer.Option("normal", "--negative-class", help="Meaning of label 0."),
@@ -228,7 +229,7 @@ def train(
                              class_weights=class_weights, val_fraction=val_fraction, seed=seed, device=device,
                              precision=precision, workers=workers, pretrained=pretrained, init_weights=init_weights,
                              flip=flip, rotate=rotate, brightness=brightness, contrast=contrast, scale=scale,
-                             resume=resume, name=name, positive_class=positive_class,
+                             resume=resume, cache=cache, name=name, positive_class=positive_class,
                              negative_class=negative_class, task=task)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -160,6 +160,7 @@ class TrainConfig:
     contrast: float = 0.2
     scale: float = 0.1
     resume: bool = False
+    cache: bool = True  # decode each image once into a memory-mapped uint8 cache (see mura_cli.cache)
     name: str = ""
     positive_class: str = "abnormal"  # what the model's probability is the probability of
     negative_class: str = "normal"

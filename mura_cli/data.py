@@ -66,10 +66,11 @@ def _worker_init(_: int) -> None:
 
 
 def create_loader(
-    records: Sequence[ImageRecord], model_cfg: ModelConfig, batch_size: int, workers: int, device: torch.device
+    records: Sequence[ImageRecord], model_cfg: ModelConfig, batch_size: int, workers: int, device: torch.device,
+    dataset: Dataset | None = None,
 ) -> DataLoader:
     return DataLoader(
-        ImageDataset(records, model_cfg),
+        dataset if dataset is not None else ImageDataset(records, model_cfg),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -80,22 +81,37 @@ def create_loader(
     )
 
 
-class AugmentedDataset(ImageDataset):
-    """Training images: the same decode and canvas, then random flip, rotation, scale, brightness and
-    contrast on the uint8 canvas (torchvision transforms v2)."""
+class AugmentedDataset(Dataset):
+    """Training items: canvases from ``source`` (decoding, or the decoded cache), then random flip,
+    rotation, scale, brightness and contrast on the uint8 canvas (torchvision transforms v2)."""
 
-    def __init__(self, records: Sequence[ImageRecord], model_cfg: ModelConfig, augment):
-        super().__init__(records, model_cfg)
-        self.augment = augment
+    def __init__(self, source: Dataset, records: Sequence[ImageRecord], augment):
+        self.source, self.records, self.augment = source, list(records), augment
+
+    def __len__(self) -> int:
+        return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        item = super().__getitem__(index)
+        item = dict(self.source[index])
         if self.augment is not None and not item["error"]:
             item["image"] = self.augment(item["image"])
         record = self.records[index]
         item["label"] = int(record.label)
         item["body_part"] = record.body_part
         return item
+
+
+class Reindexed(Dataset):
+    """The items of ``source`` at ``positions``, numbered 0..n-1 (a rank's share of a cached set)."""
+
+    def __init__(self, source: Dataset, positions: Sequence[int]):
+        self.source, self.positions = source, list(positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.source[self.positions[index]], "index": index}
 
 
 def create_augment(flip: bool, rotate: float, scale: float, brightness: float, contrast: float):
@@ -112,9 +128,10 @@ def create_augment(flip: bool, rotate: float, scale: float, brightness: float, c
 
 
 def create_train_loader(records, model_cfg: ModelConfig, augment, batch_size: int, workers: int,
-                        device: torch.device, generator: torch.Generator, shard=None) -> DataLoader:
-    """Shuffled batches; ``shard=(rank, world, seed)`` gives this process its DistributedSampler share."""
-    dataset = AugmentedDataset(records, model_cfg, augment)
+                        device: torch.device, generator: torch.Generator, shard=None, source=None) -> DataLoader:
+    """Shuffled batches; ``shard=(rank, world, seed)`` gives this process its DistributedSampler share;
+    ``source`` gives canvases (the decoded cache) instead of decoding."""
+    dataset = AugmentedDataset(source if source is not None else ImageDataset(records, model_cfg), records, augment)
     sampler = None
     if shard is not None:
         from torch.utils.data.distributed import DistributedSampler

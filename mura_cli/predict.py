@@ -132,8 +132,9 @@ IMAGE_COLUMNS = [
 ]
 
 
-def predict_records(predictor: Predictor, records, batch_size: int, workers: int):
-    """Yield a BatchResult per batch of ``records`` (decoded in ``workers`` processes)."""
-    loader = create_loader(records, predictor.config, batch_size, workers, predictor.runtime.device)
+def predict_records(predictor: Predictor, records, batch_size: int, workers: int, dataset=None):
+    """Yield a BatchResult per batch of ``records`` (decoded in ``workers`` processes, or read from
+    ``dataset``, e.g. the decoded cache)."""
+    loader = create_loader(records, predictor.config, batch_size, workers, predictor.runtime.device, dataset)
     for batch in loader:
         yield predictor(batch)

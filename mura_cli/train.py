@@ -24,7 +24,7 @@ from torch import nn
 from mura_cli import __version__
 from mura_cli.aggregate import aggregate_studies
 from mura_cli.config import ModelConfig, TrainConfig
-from mura_cli.data import create_augment, create_train_loader, default_workers
+from mura_cli.data import Reindexed, create_augment, create_train_loader, default_workers
 from mura_cli.datasets import read_dataset
 from mura_cli.device import Runtime, create_runtime
 from mura_cli.distributed import DistInfo, barrier, device_for, gather, init_distributed, mean_across, shutdown
@@ -121,6 +121,7 @@ class Trainer:
         self.config, self.model_cfg, self.runtime = config, model_cfg, runtime
         self.dist = dist_info or DistInfo()
         self.forward_module: nn.Module | None = None
+        self.val_source = None  # the decoded cache of the validation images, when in use
         self.model = model.to(runtime.device)
         if runtime.device.type != "mps":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -211,8 +212,10 @@ def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tupl
     loaded = LoadedModel(trainer.model, trainer.model_cfg, Path("."), "")
     predictor = Predictor(loaded, trainer.runtime, heatmaps=False)
     mine = list(range(trainer.dist.rank, len(records), trainer.dist.world))
+    cached = Reindexed(trainer.val_source, mine) if trainer.val_source is not None else None
     found = {}
-    for result in predict_records(predictor, [records[i] for i in mine], trainer.config.batch_size, workers):
+    for result in predict_records(predictor, [records[i] for i in mine], trainer.config.batch_size, workers,
+                                  dataset=cached):
         found.update({mine[i]: float(p) for i, p in zip(result.indices, result.probabilities)})
     probs = np.full(len(records), np.nan)
     for part in gather(found, trainer.dist):
@@ -305,15 +308,36 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     weights = class_weights(train_rows, config.class_weights)
     augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
-    loader = create_train_loader(records_from_table(train_rows), model_cfg, augment,
+    train_records, val_records = records_from_table(train_rows), records_from_table(val)
+    train_source, trainer.val_source = decoded_sources(config, model_cfg, train_records, val_records, workers,
+                                                       dist_info, notify)
+    loader = create_train_loader(train_records, model_cfg, augment,
                                  config.batch_size // dist_info.world, workers, runtime.device, trainer.generator,
-                                 shard=(dist_info.rank, dist_info.world, config.seed) if dist_info.active else None)
+                                 shard=(dist_info.rank, dist_info.world, config.seed) if dist_info.active else None,
+                                 source=train_source)
     notify(TrainEvent("start", trainer.epoch, total=config.epochs,
                       message=f"{len(train_rows)} training / {len(val)} validation images; {runtime.reason}"
                       + (f"; {dist_info.world} processes" if dist_info.active else "")))
-    val_records = records_from_table(val)
     run_epochs(trainer, loader, weights, val, val_records, workers, out_dir, notify)
     return finish(trainer, pool, val, val_records, workers, out_dir)
+
+
+def decoded_sources(config: TrainConfig, model_cfg, train_records, val_records, workers: int, dist_info: DistInfo,
+                    notify):
+    """With ``config.cache``: the decoded caches of the training and validation images (rank 0 builds
+    what is missing, the others wait), else (None, None)."""
+    if not config.cache:
+        return None, None
+    from mura_cli.cache import DecodedCache
+
+    caches = [DecodedCache(train_records, model_cfg), DecodedCache(val_records, model_cfg)]
+    if dist_info.is_main:
+        for cache in caches:
+            if not cache.ready:
+                notify(TrainEvent("start", message=f"Decoding {len(cache.records)} images once into {cache.folder}"))
+                cache.build(workers)
+    barrier(dist_info)
+    return tuple(cache.open() for cache in caches)
 
 
 def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> TrainResult:

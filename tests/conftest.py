@@ -16,6 +16,14 @@ from mura_cli.config import ModelConfig
 from mura_cli.modeling import create_model, save_model
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _decoded_cache_in_tmp(tmp_path_factory):
+    """Training's decoded cache goes to a temporary folder, never the user's ~/.cache (subprocesses too)."""
+    import os
+
+    os.environ["MURA_CLI_CACHE"] = str(tmp_path_factory.mktemp("decoded-cache"))
 SHARED_DICOM = REPO.parent / "shared" / "dicom"
 
 
