@@ -14,6 +14,7 @@ versions and the command. Figures are never asserted in tests.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import torch
 from PIL import Image
@@ -61,7 +63,7 @@ def _write_dicom(path: Path, pixels: np.ndarray, study: Path) -> None:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.99." + str(int(__import__("hashlib").sha1(str(study).encode()).hexdigest()[:12], 16))
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.99." + str(int(hashlib.sha1(str(study).encode()).hexdigest()[:12], 16))
     ds.Modality, ds.BodyPartExamined = "CR", "WRIST"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -196,7 +198,8 @@ run = {"started": "now", "tool": {"version": "bench"}, "config": {"input": "benc
 class Store:
     def get(self, path): return thumbs
 t = time.perf_counter()
-render_score_report(run, images, studies, Store(), __import__("pathlib").Path(sys.argv[2]))
+from pathlib import Path
+render_score_report(run, images, studies, Store(), Path(sys.argv[2]))
 print(json.dumps({"seconds": time.perf_counter() - t, "studies": n}))
 """
 
@@ -227,7 +230,7 @@ def train_rates(corpus: Path, work: Path, arch: str, size: int, batch: int) -> d
                              freeze_epochs=0, batch_size=batch, val_fraction=0.2, patience=5, cache=cache)
         result = train(config)
         seconds = float(result.log["seconds"].iloc[-1])  # the second epoch: steady state
-        images = int((__import__("pandas").read_csv(out / "split.csv")["side"] == "train").sum())
+        images = int((pd.read_csv(out / "split.csv")["side"] == "train").sum())
         rates[f"train_img_s_cache_{cache}"] = images / seconds
     return rates
 

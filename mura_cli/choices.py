@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-# The seven study types of MURA-v1.1 (folder names XR_<PART>).
-MURA_BODY_PARTS = ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
-
-DEVICES = ("auto", "cpu", "cuda", "mps")  # plus "cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AGGREGATIONS = ("mean", "max")
 RESIZE_POLICIES = ("letterbox", "stretch")
-HEATMAP_METHODS = ("cam", "gradcam")
 
 RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import log_loss
 from torch import nn
 
 from mura_cli import __version__
@@ -225,8 +226,7 @@ def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tupl
     studies = aggregate_studies(images, "mean", 0.5).dropna(subset=["probability"])
     y, p = studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float)
     metrics = threshold_metrics(y, p, 0.5)
-    eps = 1e-7
-    metrics["loss"] = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+    metrics["loss"] = float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
     return metrics, studies
 
 

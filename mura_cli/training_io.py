@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from mura_cli.config import ModelConfig, TrainConfig
-from mura_cli.errors import ModelError, MuraError
+from mura_cli.errors import MuraError
 from mura_cli.modeling import CARD_FILE, CONFIG_FILE, create_model, save_model
 from mura_cli.report.tables import atomic_write_bytes, write_csv, write_json
 
@@ -42,43 +41,6 @@ def load_checkpoint(out_dir: Path) -> dict:
         return torch.load(out_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise MuraError(f"{out_dir / CHECKPOINT_FILE}: cannot be resumed from ({type(exc).__name__}: {exc})") from None
-
-
-def load_init_weights(model: nn.Module, path: Path) -> tuple[int, int]:
-    """Load a local safetensors file into ``model``: the first conv is summed over RGB when the model
-    takes one channel; classifier tensors of another shape are left at their initial values.
-    Returns (tensors loaded, tensors skipped)."""
-    from timm.models import adapt_input_conv
-
-    if path.suffix != ".safetensors":
-        raise ModelError(f"{path}: --init-weights takes a .safetensors file")
-    source = load_file(str(path))
-    target = model.state_dict()
-    loaded, skipped = {}, 0
-    for key, value in source.items():
-        if key not in target:
-            skipped += 1
-            continue
-        want = target[key]
-        if value.ndim == 4 and want.ndim == 4 and value.shape[1] != want.shape[1] and value.shape[0] == want.shape[0]:
-            value = adapt_input_conv(want.shape[1], value)
-        if value.shape != want.shape:
-            skipped += 1
-            continue
-        loaded[key] = value
-    missing = [k for k in target if k not in loaded and not k.startswith(_classifier_prefix(model))]
-    if missing:
-        raise ModelError(f"{path}: does not fit this architecture ({len(missing)} tensors missing, e.g. {missing[0]})")
-    model.load_state_dict(loaded, strict=False)
-    return len(loaded), skipped
-
-
-def _classifier_prefix(model: nn.Module) -> str:
-    classifier = model.get_classifier()
-    for name, module in model.named_modules():
-        if module is classifier:
-            return name + "."
-    return "\0"
 
 
 def initial_model(config: TrainConfig, model_cfg: ModelConfig) -> nn.Module:

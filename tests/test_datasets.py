@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -40,7 +42,7 @@ def test_official_csv_reader(tmp_path, given):
     assert table.groupby("split").size().to_dict() == {"train": 4, "valid": 2}
     wrist = table[table["study_id"] == "XR_WRIST/patient00001/study1_positive"]
     assert wrist["label"].tolist() == [1, 1] and set(wrist["body_part"]) == {"WRIST"}
-    assert all(pd.Series(table["path"]).map(lambda p: __import__("os").path.isfile(p)))
+    assert all(Path(p).is_file() for p in table["path"])
     assert len(select_split(table, "valid")) == 2
 
 

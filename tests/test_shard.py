@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -46,8 +47,6 @@ def test_a_study_never_straddles_shards(tmp_path, tiny_model, rg3_files):
     for i in range(2):
         runner.invoke(app, ["score", str(data), "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/2",
                             "--model", str(tiny_model), "--workers", "0", "-q"])
-        import pandas as pd
-
         for study in pd.read_csv(tmp_path / f"s{i}" / "images.csv")["study_id"]:
             assert seen.setdefault(study, i) == i
 

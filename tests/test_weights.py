@@ -89,3 +89,25 @@ def test_lite0_weights_refuse_other_architectures():
     cfg = ModelConfig(architecture="resnet10t")
     with pytest.raises(ModelError, match="fits tf_efficientnet_lite0"):
         load_initial_weights(timm.create_model("resnet10t", num_classes=1), cfg, LITE0_PACKAGE)
+
+
+def test_safetensors_init_weights_sum_the_stem_and_skip_the_classifier(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    rgb = timm.create_model("resnet10t", num_classes=1000)  # e.g. an ImageNet checkpoint of one's own
+    save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(tmp_path / "rgb.safetensors"))
+    cfg = ModelConfig(architecture="resnet10t", input_size=(1, 64, 64), mean=(0.5,), std=(0.5,))
+    gray = timm.create_model("resnet10t", num_classes=1, in_chans=1)
+    loaded, skipped = load_initial_weights(gray, cfg, str(tmp_path / "rgb.safetensors"))
+    assert skipped == 2  # the 1000-class fc weight and bias
+    stem = next(k for k, v in rgb.state_dict().items() if v.ndim == 4)
+    torch.testing.assert_close(gray.state_dict()[stem], rgb.state_dict()[stem].sum(dim=1, keepdim=True))
+    assert loaded == len(rgb.state_dict()) - 2
+
+    other = timm.create_model("test_efficientnet", num_classes=1)
+    with pytest.raises(ModelError, match="does not fit this architecture"):
+        load_initial_weights(other, cfg.replace(architecture="test_efficientnet"), str(tmp_path / "rgb.safetensors"))
+    (tmp_path / "weights.pt").write_bytes(b"pickle")
+    with pytest.raises(ModelError, match="takes a .safetensors file"):
+        load_initial_weights(gray, cfg, str(tmp_path / "weights.pt"))

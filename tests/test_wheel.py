@@ -3,6 +3,7 @@ environment (as `pipx install` does), run from a folder that is not this reposit
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_wheel_install_scores_with_pdf_outside_the_repo(tmp_path, tiny_model, mu
     default = subprocess.run([cli, "score", "samples", "--pdf"], cwd=workdir, capture_output=True, text=True,
                              env=env, timeout=300)
     assert default.returncode == 0, default.stderr
-    run = __import__("json").loads((workdir / "mura-results" / "run.json").read_text())
+    run = json.loads((workdir / "mura-results" / "run.json").read_text())
     assert run["model"]["name"] == "fracatlas-efficientnet-lite0"
     assert run["model"]["path"].startswith(str(env_dir))  # the copy inside the installed package
     assert (workdir / "mura-results" / "report.pdf").stat().st_size > 20_000
