@@ -1,3 +1,6 @@
+"""`python -m mura_cli`; guarded, since report workers start by importing the main module."""
+
 from mura_cli.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

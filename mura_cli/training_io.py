@@ -66,7 +66,7 @@ def write_model_dir(model, model_cfg: ModelConfig, config: TrainConfig, log: pd.
     write_csv(pool[["rel_path", "study_id", "patient_id", "body_part", "label", "side"]], out_dir / "split.csv")
     write_json(config.to_dict(), out_dir / "train_config.json")
     from mura_cli.report.plots import training_curves
-    from mura_cli.report.pdf import create_environment
+    from mura_cli.report.render import create_environment
 
     training_curves(log, out_dir / "curves.png")
     card = create_environment().get_template("model_card.md.j2").render(

@@ -3,7 +3,6 @@ decode), mapped back to the original aspect ratio, as small JPEGs."""
 
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass
 
@@ -65,6 +64,3 @@ def make_thumbnails(canvas: np.ndarray, geometry: Geometry, heatmap: np.ndarray 
     heat = np.clip(np.asarray(Image.fromarray(heat_region, mode="F").resize(size, Image.BILINEAR)), 0, 1)
     return Thumbnails(_jpeg(gray), _jpeg(overlay(gray, heat)))
 
-
-def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
