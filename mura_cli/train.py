@@ -37,7 +37,7 @@ from mura_cli.predict import InputNormaliser, Predictor, predict_records
 from mura_cli.split import patient_split
 from mura_cli import training_io
 
-LOG_COLUMNS = ["epoch", "phase", "train_loss", "val_loss", "val_auroc", "val_kappa", "lr", "seconds"]
+LOG_COLUMNS = ["epoch", "phase", "train_loss", "val_loss", "val_auroc", "val_kappa", "lr", "train_seconds", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,7 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
         phase = trainer.set_phase(epoch)
         lr = trainer.optimizer.param_groups[1 if phase == "head" else 0]["lr"]
         train_loss = train_epoch(trainer, loader, weights, notify, epoch)
+        train_seconds = time.perf_counter() - started
         metrics, _ = validate(trainer, val, val_records, workers)
         score = _monitor(metrics, cfg.monitor)
         if cfg.scheduler == "plateau":
@@ -270,7 +271,7 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
             trainer.bad_epochs += 1
         row = {"epoch": epoch + 1, "phase": phase, "train_loss": train_loss, "val_loss": metrics["loss"],
                "val_auroc": metrics["auroc"], "val_kappa": metrics["kappa"],
-               "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
+               "lr": lr, "train_seconds": round(train_seconds, 2), "seconds": round(time.perf_counter() - started, 2)}
         trainer.history.append(row)
         trainer.epoch = epoch + 1
         if trainer.dist.is_main:

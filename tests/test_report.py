@@ -53,3 +53,17 @@ def test_pdf_lists_failures_and_carries_footer_on_every_page(scored_with_pdf):
         page_text = page.extract_text()
         assert "Research use only, not a medical device" in page_text
         assert f"Page {number} of {pages}" in page_text
+
+
+def test_overlay_leaves_cold_pixels_gray_and_tints_hot_ones_by_the_ramp():
+    import numpy as np
+    from PIL import Image
+
+    from mura_cli.report.images import overlay
+
+    gray = np.full((4, 4), 100, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 0] = 1.0  # hottest: the ramp's dark red (128, 0, 0), blended at 0.6
+    out = np.asarray(overlay(Image.fromarray(gray), heat)).astype(int)
+    assert (out[1:, :] == 100).all() and (out[0, 1:] == 100).all()
+    assert np.abs(out[0, 0] - np.array([0.4 * 100 + 0.6 * 128, 40, 40])).max() <= 1
