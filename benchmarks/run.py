@@ -9,6 +9,10 @@ heatmaps; the naive baseline (one image at a time, PIL, fp32, a separate autogra
 image); peak memory of `score` at two corpus sizes; PDF time and memory for several study counts;
 `train` against its raw step rate. Appends the table to benchmarks/RESULTS.md with date, device,
 versions and the command. Figures are never asserted in tests.
+
+Everything runs under the allocator settings `mura-cli` itself uses (the run re-executes itself, as
+the CLI does; MURA_CLI_MALLOC_TUNING=0 measures the system defaults instead), and the `score` variants
+run interleaved, three times each, reporting medians: single runs on a shared machine drifted by 10%.
 """
 
 from __future__ import annotations
@@ -106,16 +110,29 @@ def raw_forward_rate(model_dir: Path, device: str, precision: str, batch: int, s
 
 
 def score_rate(corpus: Path, model_dir: Path, out: Path, device: str, precision: str, batch: int,
-               heatmaps: bool) -> dict:
+               heatmaps: bool, pdf: bool = False) -> dict:
+    """End to end, or with ``pdf`` the image pass alone (thumbnails and overlays included, the PDF
+    rendering itself left out: it has its own rows)."""
     from mura_cli.config import ScoreConfig
     from mura_cli.score import score_folder
 
     config = ScoreConfig(input=str(corpus), out_dir=str(out), model=str(model_dir), device=device,
-                         precision=precision, batch_size=batch, heatmaps=heatmaps)
+                         precision=precision, batch_size=batch, heatmaps=heatmaps, pdf=pdf)
     started = time.perf_counter()
     result = score_folder(config, overwrite=True)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - (result.run["seconds"].get("report", 0.0) if pdf else 0.0)
     return {"img_s": len(result.images) / seconds, "seconds": seconds, "images": len(result.images)}
+
+
+def interleaved_rates(variants: dict[str, dict], repeats: int, run) -> dict[str, float]:
+    """Median img/s of each variant, run in turn (A B C A B C ...) after one discarded warm-up run, so
+    that drifts of a shared machine hit every variant alike."""
+    run(**next(iter(variants.values())))
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, kwargs in variants.items():
+            rates[name].append(run(**kwargs)["img_s"])
+    return {name: float(np.median(values)) for name, values in rates.items()}
 
 
 def naive_rate(corpus: Path, model_dir: Path, limit: int) -> dict:
@@ -264,7 +281,17 @@ def environment(device: str) -> dict:
     return info
 
 
+def _same_allocator_as_mura_cli() -> None:
+    """Re-execute under the allocator settings `mura-cli score` runs with (see the README), so that
+    every row is measured as a user gets it; MURA_CLI_MALLOC_TUNING=0 keeps the system's defaults."""
+    from mura_cli.cli import MALLOC_TUNABLES, TUNING_ENV
+
+    if sys.platform.startswith("linux") and os.environ.get(TUNING_ENV, "1") != "0" and "GLIBC_TUNABLES" not in os.environ:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES})
+
+
 def main() -> None:
+    _same_allocator_as_mura_cli()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--arch", default="efficientnet_b0")
@@ -274,6 +301,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--naive-images", type=int, default=40)
     parser.add_argument("--pdf-studies", default="100,500,5000")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per score variant (median)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
@@ -294,14 +322,20 @@ def run_all(args) -> list[tuple[str, str, str]]:
         raw = raw_forward_rate(model, args.device, args.precision, args.batch)
         rows.append((f"raw forward ({args.arch} {args.img_size}px, {raw['precision']}, batch {args.batch})",
                      f"{raw['img_s']:.1f} img/s", "1.00x of raw"))
-        e2e = score_rate(corpus, model, work / "out", args.device, args.precision, args.batch, heatmaps=True)
-        bare = score_rate(corpus, model, work / "out2", args.device, args.precision, args.batch, heatmaps=False)
+        run = lambda **kw: score_rate(corpus, model, work / "out", args.device, args.precision, args.batch, **kw)  # noqa: E731
+        rate = interleaved_rates({"heat": {"heatmaps": True}, "bare": {"heatmaps": False},
+                                  "heat_pdf": {"heatmaps": True, "pdf": True},
+                                  "bare_pdf": {"heatmaps": False, "pdf": True}}, args.repeats, run)
         naive = naive_rate(corpus, model, args.naive_images)
-        rows.append(("score end to end, with heatmaps", f"{e2e['img_s']:.1f} img/s",
-                     f"{e2e['img_s'] / raw['img_s']:.2f}x of raw; {e2e['img_s'] / naive['img_s']:.1f}x of naive"))
-        rows.append(("score end to end, no heatmaps", f"{bare['img_s']:.1f} img/s",
-                     f"heatmaps cost {100 * (bare['img_s'] / e2e['img_s'] - 1):+.1f}%"))
+        rows.append(("score end to end, with heatmaps", f"{rate['heat']:.1f} img/s",
+                     f"{rate['heat'] / raw['img_s']:.2f}x of raw; {rate['heat'] / naive['img_s']:.1f}x of naive"))
+        rows.append(("score end to end, no heatmaps", f"{rate['bare']:.1f} img/s",
+                     f"heatmaps cost {100 * (rate['bare'] / rate['heat'] - 1):+.1f}%"))
+        rows.append(("score --pdf image pass (thumbnails), with / without heatmap overlays",
+                     f"{rate['heat_pdf']:.1f} / {rate['bare_pdf']:.1f} img/s",
+                     f"heatmaps cost {100 * (rate['bare_pdf'] / rate['heat_pdf'] - 1):+.1f}%"))
         rows.append(("naive baseline (PIL, 1 image, fp32, autograd Grad-CAM)", f"{naive['img_s']:.1f} img/s", "1.00x"))
+        e2e = {"img_s": rate["heat"]}
         plain = _child(SCORE_SNIPPET, str(corpus), str(work / "m0"), str(model), str(args.batch), tuned=False)
         small = _child(SCORE_SNIPPET, str(corpus), str(work / "m1"), str(model), str(args.batch), tuned=True)
         rows.append(("score in a fresh process: default glibc malloc / mura-cli's tuned malloc",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from mura_cli.modeling import load_model, resolve_model_dir
 from mura_cli.predict import IMAGE_COLUMNS, BatchResult, Predictor, predict_records
 from mura_cli.report.images import Thumbnails, make_thumbnails
 from mura_cli.report.tables import write_csv, write_json
+from mura_cli.report.thumbnailer import Thumbnailer, thumbnail_threads
 from mura_cli.report.thumbstore import ThumbStore
 from mura_cli.shard import parse_shard
 
@@ -141,21 +143,27 @@ def _run_model(config, records, loaded, runtime, workers, out_dir, done, notify)
     finished = set(done["path"])
     todo = [r for r in records if r.rel_path not in finished]
     predictor = Predictor(loaded, runtime, heatmaps=config.heatmaps, keep_maps=config.pdf)
-    store, rows = ThumbStore(out_dir), done.to_dict("records")
+    thumbnailer = Thumbnailer(ThumbStore(out_dir) if config.pdf else None, thumbnail_threads(runtime.device.type))
+    rows = done.to_dict("records")
     writer = _RowWriter(out_dir / "images.csv", done)
+
+    def keep(batch_rows: list[dict]) -> None:
+        writer.write(batch_rows)
+        rows.extend(batch_rows)
+        notify(ProgressEvent("images", len(rows), len(records)))
+
     try:
         for result in predict_records(predictor, todo, config.batch_size, workers):
             batch_rows = [result.image_row(todo[i], k) for k, i in enumerate(result.indices)]
             for row in batch_rows:
                 row["probability"] = round(row["probability"], 6)  # what images.csv holds is what counts
-            if config.pdf:
-                for k, i in enumerate(result.indices):
-                    if (thumbs := _thumbnails(result, k)) is not None:
-                        store.put(todo[i].rel_path, thumbs)
-            writer.write(batch_rows)
-            rows.extend(batch_rows)
-            notify(ProgressEvent("images", len(rows), len(records)))
+            makers = [(todo[i].rel_path, functools.partial(_thumbnails, result, k)) for k, i in enumerate(result.indices)]
+            for ready in thumbnailer.add(batch_rows, makers):
+                keep(ready)
+        for ready in thumbnailer.drain():
+            keep(ready)
     finally:
+        thumbnailer.close()
         writer.close()
     order = {r.rel_path: n for n, r in enumerate(records)}
     table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
