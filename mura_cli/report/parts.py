@@ -84,9 +84,12 @@ class _Pool:
             process.wait()
 
     def run(self, lines: Iterable[str]) -> list[tuple[str, str]]:
-        """(line, answer) in the order of ``lines``, once all are done."""
+        """(line, answer) in the order of ``lines``, once all are done; after a failure no further
+        job is handed out (its error is among the answers)."""
         sent = []
         for line in lines:
+            if any(not text.startswith("ok") for text in list(self.answers.values())):
+                break
             self.jobs.put(line)
             sent.append(line)
         self.jobs.join()

@@ -99,16 +99,17 @@ def _plan(n_rows: int, n_failures: int, study_sizes: list[int], workers: int) ->
 
 
 def _score_parts(context: dict, rows: list[dict], failures: list[dict], visuals, plan) -> Iterator[Part]:
+    """Each part's HTML and pictures, built only when the renderer asks for it."""
     for number, slices in enumerate(plan):
         pictures: dict[str, bytes] = {}
-        lists = {}
+        lists = {name: None for name in ("table", "failures", "sections")}
         for name, items in (("table", rows), ("failures", failures), ("sections", rows)):
             if name in slices:
-                start, stop = slices[name]
-                chosen = items[start:stop] if name != "sections" else _with_pictures(items[start:stop], visuals, pictures)
-                lists[name] = {"rows": chosen, "start": start, "total": len(items)}
-        html = render_html("score.html.j2", **context, summary=number == 0, table=lists.get("table"),
-                           failures=lists.get("failures"), sections=lists.get("sections"),
+                chosen = items[slice(*slices[name])]
+                if name == "sections":
+                    chosen = _with_pictures(chosen, visuals, pictures)
+                lists[name] = {"rows": chosen, "start": slices[name][0], "total": len(items)}
+        html = render_html("score.html.j2", **context, **lists, summary=number == 0,
                            part={"first": number == 0, "numbered": len(plan) == 1})
         yield Part(html, pictures)
 
