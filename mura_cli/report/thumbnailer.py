@@ -25,7 +25,7 @@ class Thumbnailer:
         """``store`` None: no thumbnails (no --pdf); rows pass straight through."""
         self.store = store
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="thumbnails") if store and threads else None
-        self.pending: deque[tuple[Future | None, list[dict]]] = deque()
+        self.pending: deque[tuple[Future, list[dict]]] = deque()
         self.limit = 2 * threads
 
     def _make(self, items: list[tuple[str, Callable]]) -> None:
@@ -36,11 +36,9 @@ class Thumbnailer:
     def add(self, rows: list[dict], items: list[tuple[str, Callable]]) -> Iterator[list[dict]]:
         """Queue a batch: its rows and (path, thumbnail maker) items; yields the rows of every batch
         whose thumbnails are stored by now, oldest first."""
-        if self.store is None:
-            yield rows
-            return
-        if self.pool is None:
-            self._make(items)
+        if self.pool is None:  # in line, or nothing to make without --pdf
+            if self.store is not None:
+                self._make(items)
             yield rows
             return
         self.pending.append((self.pool.submit(self._make, items), rows))
