@@ -36,10 +36,15 @@ def linear_pooled_head(model: nn.Module, channels: int) -> nn.Linear | None:
     return classifier
 
 
+def cell_logits(features: torch.Tensor, classifier: nn.Linear) -> torch.Tensor:
+    """(B, C, h, w) features -> (B, h, w) per-cell logits sum_c w_c F_c in fp32 for output 0. Their
+    mean plus the bias is the logit of a mean-pool + linear head; the box loss (losses.py) uses them."""
+    return torch.einsum("bchw,c->bhw", features.float(), classifier.weight[0].float())
+
+
 def class_activation_map(features: torch.Tensor, classifier: nn.Linear) -> torch.Tensor:
     """(B, C, h, w) features -> (B, h, w) ReLU(sum_c w_c F_c) in fp32 for output 0."""
-    weight = classifier.weight[0].float()
-    return torch.relu(torch.einsum("bchw,c->bhw", features.float(), weight))
+    return torch.relu(cell_logits(features, classifier))
 
 
 def gradcam_from_features(model: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

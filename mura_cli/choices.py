@@ -7,6 +7,7 @@ from enum import IntEnum
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AGGREGATIONS = ("mean", "max")
 RESIZE_POLICIES = ("letterbox", "stretch")
+TTA_MODES = ("none", "flip")  # test-time augmentation: flip = the image and its left-right mirror
 
 RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})

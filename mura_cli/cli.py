@@ -98,6 +98,7 @@ def score(
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run in --out: skip the images it scored."),
     include_phi: bool = typer.Option(False, "--include-phi", help="Put DICOM PatientID in the patient_id column (off by default)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: score only share I (0-based) of N, by a stable hash of the study id; combine with `mura-cli merge`."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average with the left-right mirror; 2x the model time)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Score every radiograph below INPUT; write images.csv, studies.csv, run.json (and report.pdf)."""
@@ -108,9 +109,11 @@ def score(
         raise typer.BadParameter(f"expected one of {', '.join(choices.AGGREGATIONS)}", param_hint="--aggregate")
     if precision not in choices.PRECISIONS:
         raise typer.BadParameter(f"expected one of {', '.join(choices.PRECISIONS)}", param_hint="--precision")
+    if tta not in choices.TTA_MODES:
+        raise typer.BadParameter(f"expected one of {', '.join(choices.TTA_MODES)}", param_hint="--tta")
     config = ScoreConfig(input=str(input), out_dir=str(out), model=model, device=device, precision=precision,
                          batch_size=batch_size, workers=workers, aggregate=aggregate, threshold=threshold,
-                         heatmaps=heatmaps, pdf=pdf, include_phi=include_phi, shard=shard)
+                         heatmaps=heatmaps, pdf=pdf, include_phi=include_phi, shard=shard, tta=tta)
     if overwrite and resume:
         raise typer.BadParameter("choose one of --overwrite and --resume", param_hint="--resume")
     if include_phi:
@@ -205,6 +208,11 @@ def train(
     workers: Optional[int] = typer.Option(None, min=0),
     pretrained: bool = typer.Option(False, "--pretrained", help="ImageNet weights through timm's hub (online)."),
     init_weights: Optional[str] = typer.Option(None, "--init-weights", help="Local initial weights (.safetensors)."),
+    output_stride: int = typer.Option(32, "--output-stride", help="16: heatmap cells of 16 input pixels (dilated last stages), finer maps, more compute."),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Lesion boxes CSV (image_id or path, x0, y0, x1, y1): pull the heatmaps of positive images into their boxes."),
+    box_loss_weight: float = typer.Option(1.0, "--box-loss-weight", min=0.0, help="Weight of the box loss beside the classification loss."),
+    box_grow: float = typer.Option(0.25, "--box-grow", min=0.0, help="Boxes grown by this share of their size on each side for the box loss."),
+    box_loss_from: int = typer.Option(0, "--box-loss-from", min=0, help="First epoch (0-based) with the box loss; the best checkpoint is chosen from then on."),
     flip: bool = typer.Option(True, "--flip/--no-flip"),
     rotate: float = typer.Option(30.0, help="Random rotation, degrees (0 disables)."),
     brightness: float = typer.Option(0.2),
@@ -228,6 +236,8 @@ def train(
                              freeze_epochs=freeze_epochs, scheduler=scheduler, patience=patience, monitor=monitor,
                              class_weights=class_weights, val_fraction=val_fraction, seed=seed, device=device,
                              precision=precision, workers=workers, pretrained=pretrained, init_weights=init_weights,
+                             output_stride=output_stride, boxes=str(boxes) if boxes else None,
+                             box_loss_weight=box_loss_weight, box_grow=box_grow, box_loss_from=box_loss_from,
                              flip=flip, rotate=rotate, brightness=brightness, contrast=contrast, scale=scale,
                              resume=resume, cache=cache, name=name, positive_class=positive_class,
                              negative_class=negative_class, task=task)
@@ -257,6 +267,9 @@ def evaluate(
     out: Path = typer.Option(Path("mura-evaluation"), "--out", "-o"),
     split: Optional[str] = typer.Option(None, help="train, valid, test or all (default: valid, else test, else all)."),
     boxes: Optional[Path] = typer.Option(None, help="CSV of boxes (image_id or path, x0, y0, x1, y1) for heatmap localisation."),
+    pointing_tolerance: float = typer.Option(0.04, "--pointing-tolerance", min=0.0, max=0.99, help="Tolerant pointing game: boxes grown by this share of the image's long side (at least 10% of the box)."),
+    deletion: bool = typer.Option(True, "--deletion/--no-deletion", help="With --boxes: score positives again with their boxes filled, and with regions elsewhere filled."),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf."),
     bootstrap: int = typer.Option(1000, min=100, help="Bootstrap resamples of studies for 95% CIs."),
     target_sensitivity: float = typer.Option(0.9, "--target-sensitivity", min=0.01, max=0.99),
@@ -275,7 +288,8 @@ def evaluate(
     config = EvalConfig(data=str(data), out_dir=str(out), model=model, split=split, device=device,
                         precision=precision, batch_size=batch_size, workers=workers,
                         boxes=str(boxes) if boxes else None, bootstrap=bootstrap, seed=seed,
-                        target_sensitivity=target_sensitivity, pdf=pdf)
+                        target_sensitivity=target_sensitivity, pdf=pdf, tta=tta,
+                        pointing_tolerance=pointing_tolerance, deletion=deletion)
     view = _ProgressView(quiet)
     try:
         result = run_evaluation(config, notify=view, overwrite=overwrite)
@@ -299,7 +313,67 @@ def _eval_summary(result) -> None:
             cells.append("-" if value is None else f"{value:.3f}" + (f"\n[{ci[0]:.3f}-{ci[1]:.3f}]" if ci else ""))
         table.add_row(name, f"{v['n']} ({v['n_positive']})", *cells)
     err.print(table)
+    loc = result.metrics.get("localisation")
+    if loc:
+        o = loc["overall"]
+        err.print(f"heatmaps ({o['n']} positive images with boxes): pointing strict {o['pointing_game']:.3f} "
+                  f"(centre baseline {o['centre_baseline']:.3f}), tolerant {o['pointing_game_tolerant']:.3f} "
+                  f"(centre {o['centre_baseline_tolerant']:.3f})", markup=False, soft_wrap=True)
+        d = loc.get("deletion") or {}
+        if d.get("boxes_filled", {}).get("n"):
+            other = d["elsewhere_filled"]["mean"]
+            err.print(f"deletion test: filling the boxes lowers the probability by {d['boxes_filled']['mean']:.3f}, "
+                      f"filling regions elsewhere by {'-' if other is None else f'{other:.3f}'}",
+                      markup=False, soft_wrap=True)
     err.print(f"results in {result.out_dir}", markup=False, soft_wrap=True)
+
+
+@app.command("check-precision")
+def check_precision(
+    images: Path = typer.Argument(..., help="Folder of radiographs (or one image) to score in each precision."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or name (default: the default model)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: Optional[list[str]] = typer.Option(None, "--precision", help="Reduced precision(s) to check (default: those of the device)."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
+    record: bool = typer.Option(False, "--record", help="Store the results in the model's config.json, where --precision auto reads them."),
+) -> None:
+    """Score the same images in fp32 and in reduced precision; report how far the answers move."""
+    for value in precision or []:
+        if value not in ("bf16", "fp16"):
+            raise typer.BadParameter("expected bf16 or fp16", param_hint="--precision")
+    from mura_cli import precision_check
+    from mura_cli.device import resolve_device
+    from mura_cli.io.discover import discover
+    from mura_cli.modeling import load_model, resolve_model_dir
+
+    try:
+        loaded = load_model(resolve_model_dir(model))
+        dev, _ = resolve_device(device)
+        records = [r for r in discover(images).images if not r.error]
+        if not records:
+            raise MuraError(f"{images}: no readable images to check")
+        results = precision_check.check_precisions(loaded, records, dev, precision or None, batch_size)
+    except MuraError as exc:
+        raise _fail(str(exc)) from None
+    _precision_table(loaded.config.name, dev, results)
+    if record:
+        path = precision_check.record_checks(loaded.path, dev.type, results, note=f"{len(records)} images of {images}")
+        err.print(f"recorded in {escape(str(path))}", soft_wrap=True)
+
+
+def _precision_table(name: str, device, results: dict) -> None:
+    from mura_cli.precision_check import BOUNDS as bounds
+
+    table = Table(title=f"{name} on {device}: difference from fp32 (bounds: p99 <= {bounds['p99']}, max <= "
+                  f"{bounds['max']}, flips <= {bounds['flip_share']:.1%}, same peak cell >= {bounds['same_peak_cell']:.0%})",
+                  title_justify="left")
+    for column in ("precision", "images", "median", "p99", "max", "flips", "same peak cell", "peaks > 10 px", "verdict"):
+        table.add_column(column)
+    for precision, r in results.items():
+        table.add_row(precision, str(r["images"]), f"{r['median']:.4f}", f"{r['p99']:.4f}", f"{r['max']:.4f}",
+                      f"{r['flips']} ({r['flip_share']:.1%})", f"{r['same_peak_cell']:.1%}",
+                      str(r["peaks_moved_over_10px"]), "a rounding" if r["passed"] else "changes the answer")
+    Console().print(table)
 
 
 @app.command()
@@ -376,21 +450,37 @@ HEAVY_COMMANDS = {"score", "train", "evaluate"}
 TUNING_ENV = "MURA_CLI_MALLOC_TUNING"  # set to 0 to keep the system allocator's defaults
 
 
+# `python -m` puts the working directory first on the import path, so a rich.py or mura_cli/ in the folder
+# the user runs from would be imported: -P (Python 3.11+) leaves it out; on 3.10 the launcher drops it.
+_LAUNCH_310 = ("import runpy, sys; del sys.path[0]; sys.argv[0] = 'mura-cli'; "
+               "runpy.run_module('mura_cli', run_name='__main__', alter_sys=True)")
+
+
+def _safe_module_launch() -> list[str]:
+    return ["-P", "-m", "mura_cli"] if sys.version_info >= (3, 11) else ["-c", _LAUNCH_310]
+
+
 def _reexec_with_malloc_tuning(argv: list[str]) -> None:
     if (not sys.platform.startswith("linux") or os.environ.get(TUNING_ENV, "1") == "0"
             or "GLIBC_TUNABLES" in os.environ or not HEAVY_COMMANDS.intersection(argv[1:2])):
         return
     env = {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES, TUNING_ENV: "0"}
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "mura_cli", *argv[1:]], env)
+        os.execve(sys.executable, [sys.executable, *_safe_module_launch(), *argv[1:]], env)
     except OSError:  # cannot re-execute (unusual launcher): run untuned rather than fail
         return
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # batch schedulers send SIGTERM: stop as for Ctrl-C (results kept, resumable)
+
+
 def main() -> None:
     import logging
+    import signal
 
     _reexec_with_malloc_tuning(sys.argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings about odd files would flood stderr
     try:
         app(prog_name="mura-cli")

@@ -26,6 +26,11 @@ class ModelConfig:
     threshold: float = 0.5
     resize: str = "letterbox"  # keep aspect ratio and pad, or stretch to the input size
     aggregation: str = "mean"  # image probabilities -> study probability
+    output_stride: int = 32  # input pixels per heatmap cell (16: timm's dilated last stages, finer maps)
+    temperature: float = 1.0  # probability = sigmoid(logit / temperature), fitted on validation
+    # device kind -> precision -> measured deviation from fp32 (see precision_check.py); `auto` uses a
+    # reduced precision only where its check passed
+    precision_checks: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     # what the single output logit means: P(positive_class)
     positive_class: str = "abnormal"
@@ -47,6 +52,9 @@ class ModelConfig:
             raise ModelError(f"invalid model config: unknown keys {unknown}")
         if "architecture" not in data:
             raise ModelError("invalid model config: 'architecture' (a timm model name) is missing")
+        problems = list(_type_problems(data))
+        if problems:
+            raise ModelError("invalid model config: " + "; ".join(problems))
         values = dict(data)
         for key in ("input_size", "mean", "std"):
             if key in values:
@@ -55,10 +63,17 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: Path) -> "ModelConfig":
+        from mura_cli.io.sniff import regular_file_problem
+
         try:
+            problem = regular_file_problem(Path(path))
+            if problem:
+                raise ModelError(f"{path}: {problem}")
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ModelError(f"{path}: config.json not found") from None
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict):
@@ -72,23 +87,55 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+_NUMBER = (int, float)
+_CONFIG_TYPES = {"architecture": str, "threshold": _NUMBER, "resize": str, "aggregation": str, "output_stride": int,
+                 "temperature": _NUMBER, "precision_checks": dict, "name": str, "positive_class": str,
+                 "negative_class": str, "task": str, "provenance": dict, "format_version": int}
+MAX_INPUT_SIDE = 1024  # a 1024 x 1024 canvas is 4 MiB per image in uint8; larger is an error, not a model
+
+
+def _type_problems(data: dict):
+    """JSON values of the wrong type, named one by one (before any arithmetic on them)."""
+    for key, kind in _CONFIG_TYPES.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, kind) or isinstance(value, bool)):
+            yield f"'{key}' has the wrong type ({type(value).__name__})"
+    for key in ("input_size", "mean", "std"):
+        value = data.get(key)
+        if key not in data:
+            continue
+        element = int if key == "input_size" else _NUMBER
+        if not isinstance(value, list) or not all(isinstance(v, element) and not isinstance(v, bool) for v in value):
+            kind = "integers" if key == "input_size" else "numbers"
+            yield f"'{key}' must be a list of {kind}"
+
+
 def _model_config_problems(cfg: ModelConfig):
     if not isinstance(cfg.architecture, str) or not cfg.architecture:
         yield "'architecture' must be a timm model name"
+    elif ":" in cfg.architecture or "/" in cfg.architecture:
+        yield (f"'architecture' {cfg.architecture!r} names a hub or URL model; a model folder is loaded offline "
+               "from its own weights, so only plain timm architecture names are accepted")
     size = cfg.input_size
-    if len(size) != 3 or size[0] not in (1, 3) or min(size[1:]) < 16 or max(size[1:]) > 4096:
-        yield f"'input_size' must be [1 or 3, height, width] with sides in 16..4096, got {list(size)}"
+    if len(size) != 3 or size[0] not in (1, 3) or min(size[1:]) < 16 or max(size[1:]) > MAX_INPUT_SIDE:
+        yield f"'input_size' must be [1 or 3, height, width] with sides in 16..{MAX_INPUT_SIDE}, got {list(size)}"
     channels = size[0] if len(size) == 3 else 3
     if len(cfg.mean) != channels or len(cfg.std) != channels:
         yield f"'mean' and 'std' need {channels} values each"
     if any(not math.isfinite(s) or s <= 0 for s in cfg.std):
         yield "'std' values must be positive"
-    if not (0.0 <= cfg.threshold <= 1.0):
+    if any(not math.isfinite(m) for m in cfg.mean):
+        yield "'mean' values must be finite"
+    if not (isinstance(cfg.threshold, (int, float)) and 0.0 <= cfg.threshold <= 1.0):
         yield f"'threshold' must be within [0, 1], got {cfg.threshold}"
     if cfg.resize not in choices.RESIZE_POLICIES:
         yield f"'resize' must be one of {list(choices.RESIZE_POLICIES)}"
     if cfg.aggregation not in choices.AGGREGATIONS:
         yield f"'aggregation' must be one of {list(choices.AGGREGATIONS)}"
+    if cfg.output_stride not in (8, 16, 32):
+        yield f"'output_stride' must be 8, 16 or 32, got {cfg.output_stride}"
+    if not (isinstance(cfg.temperature, (int, float)) and math.isfinite(cfg.temperature) and cfg.temperature > 0):
+        yield f"'temperature' must be a positive number, got {cfg.temperature}"
     if cfg.format_version > MODEL_FORMAT_VERSION:
         yield f"format_version {cfg.format_version} is newer than this mura-cli understands"
 
@@ -110,8 +157,11 @@ class ScoreConfig:
     pdf: bool = False
     include_phi: bool = False  # add DICOM PatientID to the patient_id column (off: no demographics anywhere)
     shard: str | None = None  # "I/N": score only the studies whose stable hash falls in share I of N
+    tta: str = "none"  # test-time augmentation: none | flip (average with the left-right mirror)
 
     def __post_init__(self) -> None:
+        if self.tta not in choices.TTA_MODES:
+            raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.workers is not None and self.workers < 0:
@@ -154,6 +204,11 @@ class TrainConfig:
     workers: int | None = None
     pretrained: bool = False  # ImageNet weights through timm's hub (needs network)
     init_weights: str | None = None  # a local weights file (safetensors) or a known offline source
+    output_stride: int = 32  # 16: finer heatmaps (timm's output_stride), more compute in the last stages
+    boxes: str | None = None  # lesion boxes CSV (as `evaluate --boxes`): supervise the heatmap of positives
+    box_loss_weight: float = 1.0
+    box_grow: float = 0.25  # boxes grown by this share of their size on every side for the box loss
+    box_loss_from: int = 0  # first epoch (0-based) with the box loss; the best checkpoint is chosen from then on
     flip: bool = True
     rotate: float = 30.0  # degrees, as in the MURA paper
     brightness: float = 0.2
@@ -179,6 +234,12 @@ class TrainConfig:
             raise ValueError("need epochs >= 1 and 0 <= freeze_epochs <= epochs")
         if self.precision not in choices.PRECISIONS:
             raise ValueError(f"precision must be one of {list(choices.PRECISIONS)}")
+        if self.output_stride not in (16, 32):
+            raise ValueError("output_stride must be 16 or 32")
+        if self.box_loss_weight < 0 or self.box_grow < 0:
+            raise ValueError("box_loss_weight and box_grow must be 0 or more")
+        if not 0 <= self.box_loss_from < self.epochs:
+            raise ValueError("box_loss_from must be an epoch of the run (0 to epochs - 1)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -201,8 +262,15 @@ class EvalConfig:
     seed: int = 0
     target_sensitivity: float = 0.9
     pdf: bool = False
+    tta: str = "none"  # none | flip
+    pointing_tolerance: float = 0.04  # tolerant pointing: boxes grown by this share of the image's long side
+    deletion: bool = True  # with boxes: the deletion test (boxes filled vs elsewhere filled)
 
     def __post_init__(self) -> None:
+        if self.tta not in choices.TTA_MODES:
+            raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
+        if not 0.0 <= self.pointing_tolerance < 1.0:
+            raise ValueError("pointing_tolerance must be within [0, 1)")
         if self.bootstrap < 1:
             raise ValueError("bootstrap must be at least 1")
         if not 0.0 < self.target_sensitivity < 1.0:

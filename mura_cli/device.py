@@ -74,9 +74,26 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags)
 
 
-def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """``auto``: bf16 on CUDA where supported, else fp16; fp16 on MPS; on the CPU bf16 only with
-    native bf16 support (measured faster there, probabilities within 1e-2 of fp32), else fp32."""
+def reduced_candidate(device: torch.device) -> tuple[str, str]:
+    """The reduced precision that is fast on this device (fp32 where none is), with why."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "CUDA device supports bf16"
+        return "fp16", "CUDA device without bf16"
+    if device.type == "mps":
+        return "fp16", "Apple MPS"
+    if cpu_has_native_bf16():
+        return "bf16", "CPU with native bf16"
+    return "fp32", "CPU without native bf16"
+
+
+def resolve_precision(precision: str, device: torch.device, checks: dict | None = None,
+                      training: bool = False) -> tuple[str, str]:
+    """An explicit precision is used as asked. ``auto`` picks the device's fast reduced precision only
+    where it has been verified for this model on this kind of device: ``checks`` is the model's
+    ``precision_checks`` (see precision_check.py); otherwise fp32, saying why. For ``training``,
+    ``auto`` is the reduced precision on CUDA and MPS and fp32 on the CPU, where bf16 training has not
+    been shown to give the same model (benchmarks/PRECISION.md)."""
     precision = (precision or "auto").lower()
     if precision not in ("auto", *_DTYPES):
         raise MuraError(f"--precision {precision}: expected auto, fp32, bf16 or fp16")
@@ -84,18 +101,25 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
         if device.type == "cpu" and precision == "fp16":
             return "fp16", "asked for (fp16 on the CPU is slow on most processors)"
         return precision, "asked for"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "auto: CUDA device supports bf16"
-        return "fp16", "auto: CUDA device without bf16"
-    if device.type == "mps":
-        return "fp16", "auto: Apple MPS"
-    if cpu_has_native_bf16():
-        return "bf16", "auto: CPU with native bf16"
-    return "fp32", "auto: CPU without native bf16"
+    candidate, why = reduced_candidate(device)
+    if candidate == "fp32":
+        return "fp32", f"auto: {why}"
+    if training:
+        if device.type == "cpu":
+            return "fp32", "auto: fp32 for training on the CPU (bf16 training not shown to give the same model)"
+        return candidate, f"auto: {why}"
+    record = ((checks or {}).get(device.type) or {}).get(candidate)
+    if record is None:
+        return "fp32", (f"auto: {candidate} not verified for this model on {device.type} "
+                        f"(`mura-cli check-precision --record` measures it)")
+    if not record.get("passed"):
+        return "fp32", (f"auto: {candidate} changes this model's answers on {device.type} beyond rounding "
+                        f"(p99 {record.get('p99', float('nan')):.3f}, max {record.get('max', float('nan')):.3f})")
+    return candidate, f"auto: {why}, verified for this model (p99 {record.get('p99', 0.0):.4f})"
 
 
-def create_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+def create_runtime(device: str = "auto", precision: str = "auto", checks: dict | None = None,
+                   training: bool = False) -> Runtime:
     dev, why_dev = resolve_device(device)
-    prec, why_prec = resolve_precision(precision, dev)
+    prec, why_prec = resolve_precision(precision, dev, checks, training)
     return Runtime(device=dev, precision=prec, reason=f"device {dev} ({why_dev}); precision {prec} ({why_prec})")

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mura_cli import __version__, metrics
+from mura_cli import boxes as box_geometry
 from mura_cli.aggregate import aggregate_studies
 from mura_cli.config import EvalConfig
 from mura_cli.data import default_workers
@@ -49,47 +50,70 @@ def default_split(table: pd.DataFrame) -> str:
     return "valid" if "valid" in present else "test" if "test" in present else "all"
 
 
-def read_boxes(path: str) -> dict[str, list[tuple[float, float, float, float]]]:
-    """Boxes per image key (image_id / file name, or relative path): x0, y0, x1, y1 in pixels."""
-    table = pd.read_csv(path)
-    key = "image_id" if "image_id" in table.columns else "path" if "path" in table.columns else None
-    if key is None or not {"x0", "y0", "x1", "y1"} <= set(table.columns):
-        raise InputError(f"{path}: boxes need columns image_id (or path), x0, y0, x1, y1")
-    boxes: dict[str, list] = {}
-    for row in table.itertuples():
-        boxes.setdefault(str(getattr(row, key)).replace("\\", "/"), []).append((row.x0, row.y0, row.x1, row.y1))
-    return boxes
-
-
-def _boxes_for(rel_path: str, boxes: dict) -> list:
-    return boxes.get(rel_path) or boxes.get(rel_path.rsplit("/", 1)[-1]) or []
-
-
-def _localise(result, k: int, row: dict, boxes: list) -> dict:
-    """Pointing game (peak inside a box grown by 10%) and share of heatmap energy inside the boxes."""
+def _localise(result, k: int, row: dict, boxes: list, tolerance: float) -> dict:
+    """Pointing game, strict (peak inside a box grown by 10%) and tolerant (grown by max(10%,
+    ``tolerance`` x the image's long side)), the same two for a baseline that always points at the
+    image centre, and the share of heatmap energy inside the boxes."""
+    empty = {"pointing_hit": pd.NA, "pointing_hit_tolerant": pd.NA, "centre_hit": pd.NA,
+             "centre_hit_tolerant": pd.NA, "energy_inside": np.nan}
     if not boxes or result.errors[k] or result.heatmaps is None:
-        return {"pointing_hit": pd.NA, "energy_inside": np.nan}
+        return empty
     g = result.geometry(k)
-    sx, sy = g.new_w / g.orig_w, g.new_h / g.orig_h
-    canvas_boxes = [(g.left + x0 * sx, g.top + y0 * sy, g.left + x1 * sx, g.top + y1 * sy) for x0, y0, x1, y1 in boxes]
-    hit = metrics.pointing_hit((row["heatmap_peak_x"], row["heatmap_peak_y"]), boxes)
-    return {"pointing_hit": int(hit), "energy_inside": metrics.energy_inside(result.heatmaps[k], canvas_boxes)}
+    slack = tolerance * max(g.orig_w, g.orig_h)
+    peak, centre = (row["heatmap_peak_x"], row["heatmap_peak_y"]), ((g.orig_w - 1) / 2, (g.orig_h - 1) / 2)
+    if pd.isna(peak[0]):
+        return empty
+    canvas_boxes = [box_geometry.to_canvas(b, g) for b in boxes]
+    return {"pointing_hit": int(metrics.pointing_hit(peak, boxes)),
+            "pointing_hit_tolerant": int(metrics.pointing_hit(peak, boxes, slack=slack)),
+            "centre_hit": int(metrics.pointing_hit(centre, boxes)),
+            "centre_hit_tolerant": int(metrics.pointing_hit(centre, boxes, slack=slack)),
+            "energy_inside": metrics.energy_inside(result.heatmaps[k], canvas_boxes)}
+
+
+LOCALISATION_COLUMNS = ["pointing_hit", "pointing_hit_tolerant", "centre_hit", "centre_hit_tolerant", "energy_inside"]
 
 
 def predict_table(rows: pd.DataFrame, loaded, runtime, config: EvalConfig, boxes: dict, notify) -> pd.DataFrame:
     records = records_from_table(rows)
-    predictor = Predictor(loaded, runtime, heatmaps=True, keep_maps=bool(boxes))
+    predictor = Predictor(loaded, runtime, heatmaps=True, keep_maps=bool(boxes), tta=config.tta)
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     out, done = [], 0
     for result in predict_records(predictor, records, config.batch_size, workers):
         for k, i in enumerate(result.indices):
             row = result.image_row(records[i], k)
             row.update(label=records[i].label, patient_id=records[i].patient_id,
-                       **_localise(result, k, row, _boxes_for(records[i].rel_path, boxes)))
+                       **_localise(result, k, row, box_geometry.boxes_for(records[i].rel_path, boxes),
+                                   config.pointing_tolerance))
             out.append(row)
         done += len(result.indices)
         notify(EvalEvent("images", done, len(records)))
-    return pd.DataFrame(out, columns=[*IMAGE_COLUMNS, "label", "patient_id", "pointing_hit", "energy_inside"])
+    return pd.DataFrame(out, columns=[*IMAGE_COLUMNS, "label", "patient_id", *LOCALISATION_COLUMNS])
+
+
+def add_deletion_test(images: pd.DataFrame, rows: pd.DataFrame, loaded, runtime, config: EvalConfig,
+                      boxes: dict, notify) -> pd.DataFrame:
+    """Probabilities of the positive images with boxes after filling the boxes, and after filling
+    same-size regions elsewhere, with the drops from the original probability (faithfulness.py)."""
+    from mura_cli import faithfulness
+
+    records = records_from_table(rows)
+    chosen = [i for i, r in enumerate(records) if r.label == 1 and box_geometry.boxes_for(r.rel_path, boxes)]
+    columns = ["probability_boxes_filled", "probability_elsewhere_filled", "deletion_drop", "elsewhere_drop"]
+    out = images.assign(**{c: np.nan for c in columns})
+    if not chosen:
+        return out
+    notify(EvalEvent("metrics", message=f"Deletion test: {len(chosen)} positive images with boxes, scored twice more"))
+    predictor = Predictor(loaded, runtime, heatmaps=False, tta=config.tta)
+    workers = config.workers if config.workers is not None else default_workers(runtime.device)
+    picked = [records[i] for i in chosen]
+    filled = faithfulness.deletion_scores(predictor, picked, [box_geometry.boxes_for(r.rel_path, boxes) for r in picked],
+                                          config.batch_size, workers, config.seed)
+    for column in ("probability_boxes_filled", "probability_elsewhere_filled"):
+        out.loc[out.index[chosen], column] = filled[column].to_numpy()
+    out["deletion_drop"] = out["probability"] - out["probability_boxes_filled"]
+    out["elsewhere_drop"] = out["probability"] - out["probability_elsewhere_filled"]
+    return out
 
 
 def level_metrics(y, p, threshold: float, config: EvalConfig, groups=None) -> dict:
@@ -125,23 +149,43 @@ def compute_metrics(images: pd.DataFrame, studies: pd.DataFrame, threshold: floa
             else:
                 entry["per_body_part"][name] = values
         result[level] = entry
-    result["localisation"] = _localisation_summary(images)
+    result["localisation"] = _localisation_summary(images, config)
     return result
 
 
-def _localisation_summary(images: pd.DataFrame) -> dict | None:
+def _pointing(group: pd.DataFrame) -> dict:
+    share = lambda column: float(group[column].astype(float).mean())  # noqa: E731
+    return {"n": int(len(group)), "pointing_game": share("pointing_hit"),
+            "pointing_game_tolerant": share("pointing_hit_tolerant"), "centre_baseline": share("centre_hit"),
+            "centre_baseline_tolerant": share("centre_hit_tolerant"), "energy_inside": float(group["energy_inside"].mean())}
+
+
+def _localisation_summary(images: pd.DataFrame, config: EvalConfig) -> dict | None:
     rated = images.dropna(subset=["pointing_hit"])
     rated = rated[rated["label"] == 1]
     if rated.empty:
         return None
-    summary = {"overall": {"n": int(len(rated)), "pointing_game": float(rated["pointing_hit"].astype(float).mean()),
-                           "energy_inside": float(rated["energy_inside"].mean()), "margin": 0.1},
-               "per_body_part": {}}
-    for part, group in rated.groupby("body_part"):
-        summary["per_body_part"][part] = {"n": int(len(group)),
-                                          "pointing_game": float(group["pointing_hit"].astype(float).mean()),
-                                          "energy_inside": float(group["energy_inside"].mean())}
+    summary = {"overall": {**_pointing(rated), "margin": 0.1, "tolerance": config.pointing_tolerance},
+               "per_body_part": {part: _pointing(group) for part, group in rated.groupby("body_part")}}
+    if "deletion_drop" in images:
+        from mura_cli.faithfulness import mean_drop_ci
+
+        summary["deletion"] = {
+            "boxes_filled": mean_drop_ci(images["deletion_drop"].to_numpy(float), config.bootstrap, config.seed),
+            "elsewhere_filled": mean_drop_ci(images["elsewhere_drop"].to_numpy(float), config.bootstrap, config.seed),
+            "grow": 0.25}
     return summary
+
+
+def _uncalibrated(images: pd.DataFrame, method: str, threshold: float, temperature: float) -> dict | None:
+    """Study-level calibration of the probabilities the model gives without its temperature."""
+    if temperature == 1.0:
+        return None
+    from mura_cli.calibration import rescale
+
+    raw = images.assign(probability=rescale(images["probability"].to_numpy(float), 1.0 / temperature))
+    studies = aggregate_studies(raw, method, threshold).dropna(subset=["probability"])
+    return metrics.calibration(studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float))
 
 
 def per_body_part_table(result: dict) -> pd.DataFrame:
@@ -172,19 +216,23 @@ def evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None] | None = No
     split = config.split or default_split(table)
     rows = select_split(table, split)
     loaded = load_model(resolve_model_dir(config.model))
-    runtime = create_runtime(config.device, config.precision)
-    boxes = read_boxes(config.boxes) if config.boxes else {}
+    runtime = create_runtime(config.device, config.precision, loaded.config.precision_checks)
+    boxes = box_geometry.read_boxes(config.boxes) if config.boxes else {}
     out_dir = _prepare(Path(config.out_dir).expanduser(), overwrite)
     notify(EvalEvent("start", 0, len(rows),
                      f"Evaluating {loaded.config.name} on split '{split}' ({len(rows)} images), {runtime.reason}"))
     images = predict_table(rows, loaded, runtime, config, boxes, notify)
+    if boxes and config.deletion:
+        images = add_deletion_test(images, rows, loaded, runtime, config, boxes, notify)
     threshold, method = loaded.config.threshold, loaded.config.aggregation
     studies = aggregate_studies(images, method, threshold)
     notify(EvalEvent("metrics", message=f"Metrics with {config.bootstrap} bootstrap resamples"))
     result = compute_metrics(images, studies, threshold, config)
+    result["calibration_before_temperature"] = _uncalibrated(images, method, threshold, loaded.config.temperature)
     result["run"] = {"tool": f"mura-cli {__version__}", "started": started, "data": config.data, "split": split,
                      "model": loaded.config.name, "weights_sha256": loaded.weights_sha256, "threshold": threshold,
                      "aggregation": method, "device": str(runtime.device), "precision": runtime.precision,
+                     "precision_reason": runtime.reason, "temperature": loaded.config.temperature, "tta": config.tta,
                      "failed_images": int(images["probability"].isna().sum()), "config": config.to_dict(),
                      "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "unit": "study"}}
     files = _write(out_dir, images, studies, result)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -33,8 +34,10 @@ class LoadedModel:
 
 def create_model(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     """A timm model with one output logit (P(positive class) after a sigmoid)."""
+    extra = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}
     try:
-        return timm.create_model(cfg.architecture, pretrained=pretrained, num_classes=1, in_chans=cfg.input_size[0])
+        return timm.create_model(cfg.architecture, pretrained=pretrained, num_classes=1, in_chans=cfg.input_size[0],
+                                 **extra)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ModelError(f"unknown architecture '{cfg.architecture}' (not a timm model name)") from None
@@ -78,6 +81,17 @@ def _state_problems(expected: dict, found: dict) -> list[str]:
     return problems
 
 
+def _value_problems(expected: dict, found: dict) -> list[str]:
+    """Tensors of another dtype than the architecture's (a relabelled I32 tensor, say) or with NaN/Inf."""
+    for key, tensor in found.items():
+        if tensor.dtype != expected[key].dtype:
+            return [f"tensor {key} is {str(tensor.dtype).replace('torch.', '')}, expected "
+                    f"{str(expected[key].dtype).replace('torch.', '')}"]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return [f"tensor {key} holds NaN or infinite values"]
+    return []
+
+
 def load_model(directory: str | Path) -> LoadedModel:
     """Load a model folder; every inconsistency is a ModelError saying what is wrong."""
     directory = Path(directory)
@@ -90,7 +104,7 @@ def load_model(directory: str | Path) -> LoadedModel:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{weights}: not a readable safetensors file ({exc})") from None
-    problems = _state_problems(model.state_dict(), state)
+    problems = _state_problems(model.state_dict(), state) or _value_problems(model.state_dict(), state)
     if problems:
         raise ModelError(f"{weights}: weights do not match '{cfg.architecture}': " + ", ".join(problems))
     model.load_state_dict(state, strict=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mura_cli import cam
+from mura_cli import cam, choices
 from mura_cli.data import create_loader
 from mura_cli.device import Runtime
 from mura_cli.geometry import Geometry
@@ -62,11 +62,21 @@ class InputNormaliser:
 
 
 class Predictor:
-    """The model on its device, ready to turn loader batches into BatchResults."""
+    """The model on its device, ready to turn loader batches into BatchResults.
 
-    def __init__(self, loaded: LoadedModel, runtime: Runtime, heatmaps: bool = True, keep_maps: bool = False):
+    The backbone runs under the runtime's autocast; the head (pooling + classifier), the temperature
+    and the CAM are computed in fp32 from the same feature map. ``tta='flip'`` also scores each image
+    mirrored left-right and averages the two probabilities and the two heatmaps (the mirrored one
+    flipped back)."""
+
+    def __init__(self, loaded: LoadedModel, runtime: Runtime, heatmaps: bool = True, keep_maps: bool = False,
+                 tta: str = "none"):
         cfg = loaded.config
+        if tta not in choices.TTA_MODES:
+            raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
         self.config = cfg
+        self.tta = tta
+        self.temperature = float(cfg.temperature)
         self.runtime = runtime
         self.channels, self.height, self.width = cfg.input_size
         self.model = loaded.model.to(runtime.device).eval()
@@ -89,15 +99,29 @@ class Predictor:
         return feats.shape[1] if feats.ndim == 4 else None
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities (B,), CAMs (B, h, w) or None), the mirrored pass averaged in with tta='flip'."""
+        probs, cams = self._forward_once(x)
+        if self.tta == "flip":
+            flipped_probs, flipped_cams = self._forward_once(torch.flip(x, dims=[3]))
+            probs = (probs + flipped_probs) / 2
+            if cams is not None:
+                cams = (cams + torch.flip(flipped_cams, dims=[2])) / 2
+        return probs, cams
+
+    def _forward_once(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.heatmap_method == "gradcam":
             with torch.no_grad(), self.runtime.autocast():
                 feats = self.model.forward_features(x)
-            return cam.gradcam_from_features(self.model, feats)
-        with torch.inference_mode(), self.runtime.autocast():
-            feats = self.model.forward_features(x)
-            logits = self.model.forward_head(feats)
-            cams = cam.class_activation_map(feats, self.classifier) if self.heatmap_method == "cam" else None
-        return logits, cams
+            logits, cams = cam.gradcam_from_features(self.model, feats)
+        else:
+            with torch.inference_mode():
+                with self.runtime.autocast():
+                    feats = self.model.forward_features(x)
+                feats = feats.float()  # head and CAM in fp32 whatever the backbone's precision
+                with torch.autocast(device_type=self.runtime.device.type, enabled=False):
+                    logits = self.model.forward_head(feats)
+                cams = cam.class_activation_map(feats, self.classifier) if self.heatmap_method == "cam" else None
+        return torch.sigmoid(logits.float()[:, 0] / self.temperature), cams
 
     def __call__(self, batch: dict) -> BatchResult:
         errors = list(batch["error"])
@@ -108,8 +132,10 @@ class Predictor:
         maps = np.zeros((size, self.height, self.width), np.float32) if self.keep_maps else None
         if valid.any():
             x = self.prepare(batch["image"][valid])
-            logits, cams = self._forward(x)
-            probs[valid.numpy()] = torch.sigmoid(logits.float()[:, 0]).cpu().double().numpy()
+            batch_probs, cams = self._forward(x)
+            probs[valid.numpy()] = batch_probs.cpu().double().numpy()
+            for k in np.flatnonzero(valid.numpy() & ~np.isfinite(probs)):
+                errors[k] = "the model gave a non-finite output (NaN or infinite) for this image"
             if cams is not None:
                 with torch.inference_mode():
                     canvas_maps, canvas_peaks = cam.to_canvas(cams, batch["geometry"][valid], (self.height, self.width))

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mura_cli import __version__
+from mura_cli import __version__, folder_lock
 from mura_cli.aggregate import aggregate_studies
 from mura_cli.choices import ExitCode
 from mura_cli.config import ScoreConfig
@@ -142,7 +142,7 @@ def _run_model(config, records, loaded, runtime, workers, out_dir, done, notify)
     """The one pass over the images not yet done: rows for images.csv and, with --pdf, thumbnails."""
     finished = set(done["path"])
     todo = [r for r in records if r.rel_path not in finished]
-    predictor = Predictor(loaded, runtime, heatmaps=config.heatmaps, keep_maps=config.pdf)
+    predictor = Predictor(loaded, runtime, heatmaps=config.heatmaps, keep_maps=config.pdf, tta=config.tta)
     thumbnailer = Thumbnailer(ThumbStore(out_dir) if config.pdf else None, thumbnail_threads(runtime.device.type))
     rows = done.to_dict("records")
     writer = _RowWriter(out_dir / "images.csv", done)
@@ -219,7 +219,7 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
     notify = notify or (lambda event: None)
     started, clock = _now(), time.perf_counter()
     loaded = load_model(resolve_model_dir(config.model))
-    runtime = create_runtime(config.device, config.precision)
+    runtime = create_runtime(config.device, config.precision, loaded.config.precision_checks)
     discovery = discover(config.input, include_phi=config.include_phi)
     shard = parse_shard(config.shard) if config.shard else None
     if shard is not None:
@@ -230,6 +230,15 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
         raise InputError(f"{discovery.root}: no PNG, JPEG or DICOM images found "
                          f"({discovery.skipped} other files skipped)")
     out_dir = Path(config.out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    with folder_lock.hold(out_dir):
+        return _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, resume, notify,
+                           started, clock)
+
+
+def _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, resume, notify, started, clock):
+    """The part of score_folder that writes into the (locked) results folder."""
     done = prepare_out_dir(out_dir, overwrite, resume, loaded.weights_sha256)
     write_json(_start_record(config, loaded, started), out_dir / "run.json")
     workers = config.workers if config.workers is not None else default_workers(runtime.device)

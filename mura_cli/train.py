@@ -24,6 +24,7 @@ from torch import nn
 
 from mura_cli import __version__
 from mura_cli.aggregate import aggregate_studies
+from mura_cli.calibration import fit_temperature, rescale
 from mura_cli.config import ModelConfig, TrainConfig
 from mura_cli.data import Reindexed, create_augment, create_train_loader, default_workers
 from mura_cli.datasets import read_dataset
@@ -35,9 +36,9 @@ from mura_cli.metrics import operating_points, threshold_metrics
 from mura_cli.modeling import LoadedModel
 from mura_cli.predict import InputNormaliser, Predictor, predict_records
 from mura_cli.split import patient_split
-from mura_cli import training_io
+from mura_cli import cam, losses, training_io
 
-LOG_COLUMNS = ["epoch", "phase", "train_loss", "val_loss", "val_auroc", "val_kappa", "lr", "train_seconds", "seconds"]
+LOG_COLUMNS = ["epoch", "phase", "train_loss", "train_box_loss", "val_loss", "val_auroc", "val_kappa", "lr", "train_seconds", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,21 @@ def model_config_for(config: TrainConfig) -> ModelConfig:
     if config.in_chans == 1:
         mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
     return ModelConfig(architecture=config.arch, input_size=(config.in_chans, config.img_size, config.img_size),
-                       mean=mean, std=std, resize=config.resize, name=config.name or Path(config.out_dir).name,
+                       mean=mean, std=std, resize=config.resize, output_stride=config.output_stride, name=config.name or Path(config.out_dir).name,
                        positive_class=config.positive_class, negative_class=config.negative_class, task=config.task)
+
+
+class LogitsAndFeatures(nn.Module):
+    """One forward pass giving the logits and the last feature map (for the box loss); the module that
+    DistributedDataParallel wraps, so both outputs stay inside its forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.forward_head(features), features
 
 
 class Trainer:
@@ -165,29 +179,43 @@ class Trainer:
             self.optimizer.param_groups[1]["lr"] = self.config.head_lr
         else:
             self.optimizer.param_groups[1]["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.forward_module = self.model
+        self.forward_module = LogitsAndFeatures(self.model)
         if self.dist.active:  # DDP registers gradient hooks for the parameters that train in this phase
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
-            self.forward_module = DistributedDataParallel(self.model, device_ids=ids)
+            self.forward_module = DistributedDataParallel(self.forward_module, device_ids=ids)
         return "head" if frozen else "all"
 
-    def step(self, batch: dict) -> tuple[float, int]:
+    def step(self, batch: dict) -> tuple[float, float, int]:
+        """One optimiser step; returns (classification loss, box loss, images used)."""
         valid = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
         if not valid.any():
-            return 0.0, 0
+            return 0.0, 0.0, 0
         x = self.prepare(batch["image"][valid])
         y = batch["label"][valid].float().to(self.runtime.device)
         w = batch["weight"][valid].float().to(self.runtime.device)
         with self.runtime.autocast():
-            logits = self.forward_module(x)[:, 0]
-        loss = (nn.functional.binary_cross_entropy_with_logits(logits.float(), y, reduction="none") * w).mean()
+            logits, features = self.forward_module(x)
+        bce = (nn.functional.binary_cross_entropy_with_logits(logits[:, 0].float(), y, reduction="none") * w).mean()
+        box = self._box_loss(batch, valid, features, y)
+        loss = bce + self.config.box_loss_weight * box if box is not None else bce
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return float(loss.detach()), int(valid.sum())
+        return float(bce.detach()), float(box.detach()) if box is not None else 0.0, int(valid.sum())
+
+    def _box_loss(self, batch: dict, valid: torch.Tensor, features: torch.Tensor, y: torch.Tensor):
+        """The box loss over this batch's positive images that have boxes (None when there are none)."""
+        if "box_mask" not in batch or self.epoch < self.config.box_loss_from:
+            return None
+        chosen = torch.as_tensor(batch["has_boxes"], dtype=torch.bool)[valid].to(y.device) & (y > 0.5)
+        if not bool(chosen.any()):
+            return None
+        cells = cam.cell_logits(features[chosen], self.model.get_classifier())
+        covered = losses.cells_covered(batch["box_mask"][valid].to(y.device)[chosen], tuple(cells.shape[-2:]))
+        return losses.box_attention_loss(cells, covered).mean()
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -207,9 +235,9 @@ class Trainer:
         self.best_state, self.bad_epochs, self.history = state["best_state"], state["bad_epochs"], state["history"]
 
 
-def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tuple[dict, pd.DataFrame]:
-    """Study-level metrics on the validation part; under torchrun each rank predicts a share and every
-    rank computes the same metrics from all of them (so early stopping agrees everywhere)."""
+def validate_images(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> pd.DataFrame:
+    """The validation images with their probabilities (temperature 1); under torchrun each rank
+    predicts a share and every rank gets all of them."""
     loaded = LoadedModel(trainer.model, trainer.model_cfg, Path("."), "")
     predictor = Predictor(loaded, trainer.runtime, heatmaps=False)
     mine = list(range(trainer.dist.rank, len(records), trainer.dist.world))
@@ -222,7 +250,11 @@ def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tupl
     for part in gather(found, trainer.dist):
         for index, value in part.items():
             probs[index] = value
-    images = val.assign(probability=probs)
+    return val.assign(probability=probs)
+
+
+def study_metrics(images: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """Study-level metrics at 0.5 (every rank computes the same, so early stopping agrees everywhere)."""
     studies = aggregate_studies(images, "mean", 0.5).dropna(subset=["probability"])
     y, p = studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float)
     metrics = threshold_metrics(y, p, 0.5)
@@ -230,19 +262,24 @@ def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tupl
     return metrics, studies
 
 
-def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> float:
+def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tuple[dict, pd.DataFrame]:
+    return study_metrics(validate_images(trainer, val, records, workers))
+
+
+def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> tuple[float, float]:
+    """One pass over the training images; returns the mean classification and box losses."""
     if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new, agreed order every epoch
         loader.sampler.set_epoch(epoch)
-    total, count = 0.0, 0
+    total, box_total, count = 0.0, 0.0, 0
     for k, batch in enumerate(loader):
         batch["weight"] = torch.tensor([weights.get((bp, int(lb)), 1.0)
                                         for bp, lb in zip(batch["body_part"], batch["label"])])
-        loss, n = trainer.step(batch)
-        total, count = total + loss * n, count + n
+        loss, box, n = trainer.step(batch)
+        total, box_total, count = total + loss * n, box_total + box * n, count + n
         notify(TrainEvent("batch", epoch, k + 1, len(loader)))
     if count == 0:
         raise MuraError("no training image could be decoded")
-    return mean_across(total / count, count, trainer.dist)
+    return mean_across(total / count, count, trainer.dist), mean_across(box_total / count, count, trainer.dist)
 
 
 def _monitor(metrics: dict, name: str) -> float:
@@ -256,7 +293,7 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
         epoch, started = trainer.epoch, time.perf_counter()
         phase = trainer.set_phase(epoch)
         lr = trainer.optimizer.param_groups[1 if phase == "head" else 0]["lr"]
-        train_loss = train_epoch(trainer, loader, weights, notify, epoch)
+        train_loss, box_loss = train_epoch(trainer, loader, weights, notify, epoch)
         train_seconds = time.perf_counter() - started
         metrics, _ = validate(trainer, val, val_records, workers)
         score = _monitor(metrics, cfg.monitor)
@@ -264,12 +301,14 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
             trainer.scheduler.step(score if np.isfinite(score) else 0.0)
         else:
             trainer.scheduler.step()
-        if score > trainer.best_metric:
+        eligible = not cfg.boxes or epoch >= cfg.box_loss_from  # with boxes: only box-supervised epochs
+        if eligible and score > trainer.best_metric:
             trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = score, epoch, 0
             trainer.best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
-        else:
+        elif eligible:
             trainer.bad_epochs += 1
-        row = {"epoch": epoch + 1, "phase": phase, "train_loss": train_loss, "val_loss": metrics["loss"],
+        row = {"epoch": epoch + 1, "phase": phase, "train_loss": train_loss, "train_box_loss": box_loss,
+               "val_loss": metrics["loss"],
                "val_auroc": metrics["auroc"], "val_kappa": metrics["kappa"],
                "lr": lr, "train_seconds": round(train_seconds, 2), "seconds": round(time.perf_counter() - started, 2)}
         trainer.history.append(row)
@@ -301,7 +340,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     pool = prepare_split(config)
     train_rows = pool[pool["side"] == "train"].reset_index(drop=True)
     val = pool[pool["side"] == "val"].reset_index(drop=True)
-    runtime = create_runtime(device_for(dist_info, config.device), config.precision)
+    runtime = create_runtime(device_for(dist_info, config.device), config.precision, training=True)
     model_cfg = model_config_for(config)
     trainer = Trainer(config, training_io.initial_model(config, model_cfg), model_cfg, runtime, dist_info)
     if config.resume:
@@ -315,12 +354,21 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     loader = create_train_loader(train_records, model_cfg, augment,
                                  config.batch_size // dist_info.world, workers, runtime.device, trainer.generator,
                                  shard=(dist_info.rank, dist_info.world, config.seed) if dist_info.active else None,
-                                 source=train_source)
+                                 source=train_source, boxes=training_boxes(config), box_grow=config.box_grow)
     notify(TrainEvent("start", trainer.epoch, total=config.epochs,
                       message=f"{len(train_rows)} training / {len(val)} validation images; {runtime.reason}"
                       + (f"; {dist_info.world} processes" if dist_info.active else "")))
     run_epochs(trainer, loader, weights, val, val_records, workers, out_dir, notify)
     return finish(trainer, pool, val, val_records, workers, out_dir)
+
+
+def training_boxes(config: TrainConfig) -> dict | None:
+    """The lesion boxes for the box loss, or None without ``--boxes`` (or with weight 0)."""
+    if not config.boxes or config.box_loss_weight == 0:
+        return None
+    from mura_cli.boxes import read_boxes
+
+    return read_boxes(config.boxes)
 
 
 def decoded_sources(config: TrainConfig, model_cfg, train_records, val_records, workers: int, dist_info: DistInfo,
@@ -342,20 +390,43 @@ def decoded_sources(config: TrainConfig, model_cfg, train_records, val_records, 
 
 
 def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> TrainResult:
-    """Best weights back, threshold from validation, model folder written."""
+    """Best weights back, temperature and threshold from validation, precision checked on validation
+    images, model folder written."""
     if trainer.best_state is not None:
         trainer.model.load_state_dict(trainer.best_state)
-    metrics, studies = validate(trainer, val, val_records, workers)
+    images = validate_images(trainer, val, val_records, workers)
+    temperature = fit_temperature(images["probability"].to_numpy(float), images["label"].to_numpy(int))
+    _, studies = study_metrics(images.assign(probability=rescale(images["probability"].to_numpy(float), temperature)))
     y, p = studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float)
     points = operating_points(y, p, 0.5)
     threshold = float(points.get("youden", points["model"])["threshold"])
-    val_metrics = {**threshold_metrics(y, p, threshold), "threshold": threshold}
+    val_metrics = {**threshold_metrics(y, p, threshold), "threshold": threshold, "temperature": temperature}
     log = pd.DataFrame(trainer.history, columns=LOG_COLUMNS)
-    model_cfg = trainer.model_cfg.replace(threshold=threshold, provenance=_provenance(trainer, pool, val_metrics))
+    model_cfg = trainer.model_cfg.replace(threshold=threshold, temperature=temperature,
+                                          provenance=_provenance(trainer, pool, val_metrics))
+    model_cfg = model_cfg.replace(precision_checks=_precision_checks(trainer, model_cfg, val_records))
     if trainer.dist.is_main:
         training_io.write_model_dir(trainer.model, model_cfg, trainer.config, log, pool, val_metrics, out_dir)
     barrier(trainer.dist)
     return TrainResult(out_dir, log, trainer.best_epoch + 1, trainer.best_metric, threshold, val_metrics)
+
+
+PRECISION_CHECK_IMAGES = 256
+
+
+def _precision_checks(trainer: Trainer, model_cfg: ModelConfig, val_records) -> dict:
+    """How far the finished model moves in the training device's reduced precisions, measured on (up to
+    256) validation images, so that `score --precision auto` may use them where they keep the answer."""
+    if not trainer.dist.is_main:
+        return {}
+    from mura_cli import precision_check
+
+    device = trainer.runtime.device
+    records = [r for r in val_records if not r.error][:PRECISION_CHECK_IMAGES]
+    loaded = LoadedModel(trainer.model, model_cfg, Path("."), "")
+    results = precision_check.check_precisions(loaded, records, device, batch_size=trainer.config.batch_size)
+    note = f"{len(records)} validation images"
+    return {device.type: {k: {**v, "on": note} for k, v in results.items()}} if results else {}
 
 
 def _provenance(trainer: Trainer, pool: pd.DataFrame, val_metrics: dict) -> dict:

@@ -153,5 +153,7 @@ def render_eval_report(result: dict, out_dir: Path, path: Path) -> Path:
                        study_rows=_metric_rows(result["study"]), image_rows=_metric_rows(result["image"]),
                        points=result["study"]["overall"]["operating_points"],
                        calibration=result["study"]["overall"]["calibration"],
-                       localisation=result.get("localisation"))
+                       localisation=result.get("localisation"),
+                       before_temperature=result.get("calibration_before_temperature"),
+                       temperature=result["run"].get("temperature", 1.0))
     return write_pdf(html, path, pictures)

@@ -1,0 +1,68 @@
+"""Temperature scaling and flip test-time augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mura_cli import calibration, metrics
+from mura_cli.device import Runtime
+from mura_cli.modeling import LoadedModel, load_model
+from mura_cli.predict import Predictor
+
+CPU_FP32 = Runtime(torch.device("cpu"), "fp32", "test")
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(0, 1.5, 4000)
+    y = (rng.uniform(size=4000) < calibration.sigmoid(true_logit)).astype(int)
+    overconfident = calibration.sigmoid(true_logit * 3.0)  # logits three times too large
+    temperature = calibration.fit_temperature(overconfident[:2000], y[:2000])
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    before = metrics.calibration(y[2000:], overconfident[2000:])["ece"]
+    after = metrics.calibration(y[2000:], calibration.rescale(overconfident[2000:], temperature))["ece"]
+    assert after < before / 2 and after < 0.05
+
+
+def test_rescaling_keeps_the_ranking_and_round_trips():
+    p = np.array([0.01, 0.3, 0.5, 0.9, np.nan])
+    q = calibration.rescale(p, 2.0)
+    assert np.isnan(q[-1]) and (np.diff(q[:-1]) > 0).all() and q[2] == pytest.approx(0.5)
+    assert calibration.rescale(q, 0.5)[:-1] == pytest.approx(p[:-1])
+
+
+def test_temperature_from_the_config_divides_the_logit(tiny_model):
+    loaded = load_model(tiny_model)
+    x = {"image": torch.randint(0, 255, (4, 1, 64, 64), dtype=torch.uint8), "error": [""] * 4,
+         "index": torch.arange(4), "geometry": torch.tensor([[64, 64, 64, 64, 0, 0]] * 4)}
+    plain = Predictor(loaded, CPU_FP32, heatmaps=False)(x).probabilities
+    warmer = LoadedModel(loaded.model, loaded.config.replace(temperature=2.0), loaded.path, "")
+    hot = Predictor(warmer, CPU_FP32, heatmaps=False)(x).probabilities
+    assert hot == pytest.approx(calibration.rescale(plain, 2.0), abs=1e-6)
+
+
+def _batch(images: torch.Tensor) -> dict:
+    n = len(images)
+    return {"image": images, "error": [""] * n, "index": torch.arange(n),
+            "geometry": torch.tensor([[64, 64, 64, 64, 0, 0]] * n)}
+
+
+def test_flip_tta_heatmap_is_flipped_back(tiny_model):
+    """With the mirrored map flipped back, scoring a mirrored image gives the mirror of the heatmap
+    (and the same probability); a map left unflipped would not."""
+    loaded = load_model(tiny_model)
+    predictor = Predictor(loaded, CPU_FP32, heatmaps=True, keep_maps=True, tta="flip")
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.integers(0, 60, (1, 1, 64, 64)).astype(np.uint8))
+    image[..., 8:20, 4:16] = 240  # a bright patch on the left only
+    mirrored = torch.flip(image, dims=[3])
+    a, b = predictor(_batch(image)), predictor(_batch(mirrored))
+    assert a.probabilities[0] == pytest.approx(b.probabilities[0], abs=1e-5)
+    assert np.allclose(a.heatmaps[0], b.heatmaps[0][:, ::-1], atol=1e-4)
+    single = Predictor(loaded, CPU_FP32, heatmaps=True, keep_maps=True)(_batch(image))
+    flipped_alone = Predictor(loaded, CPU_FP32, heatmaps=True, keep_maps=True)(_batch(mirrored))
+    expected = (single.probabilities[0] + flipped_alone.probabilities[0]) / 2
+    assert a.probabilities[0] == pytest.approx(expected, abs=1e-6)
+    assert not np.allclose(single.heatmaps[0], flipped_alone.heatmaps[0][:, ::-1], atol=1e-3)
