@@ -221,14 +221,16 @@ def test_killed_run_resumes_to_the_same_rows(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_cleanly_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_end_cleanly_and_say_how_to_resume(tmp_path, signal_number):
+    """SIGTERM (what batch schedulers send) is handled like Ctrl-C."""
     model = make_model_dir(tmp_path / "slow-model", "resnet10t", size=160)
     data = _many_images(tmp_path / "data", 48)
     command = _score_command(data, tmp_path / "out", model)
     command.remove("--quiet")
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     _wait_for_rows(tmp_path / "out" / "images.csv", 5, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "--resume" in stderr and "Traceback" not in stderr
@@ -251,3 +253,91 @@ def test_include_phi_adds_patient_id_only_when_asked(tmp_path, tiny_model, rg3_f
     with_phi = score_folder(ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "o2"),
                                         model=str(tiny_model), workers=0, include_phi=True))
     assert with_phi.studies["patient_id"].tolist() == ["PID-4242"]
+
+
+@pytest.mark.slow
+def test_nothing_is_imported_from_the_working_directory(tmp_path, tiny_model, mura_folder):
+    """`score` re-executes itself for the allocator tuning; a rich.py or mura_cli/ where the user runs
+    it (a downloaded archive, say) must never be imported."""
+    trap = tmp_path / "archive"
+    marker = tmp_path / "imported.txt"
+    planted = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    (trap / "mura_cli").mkdir(parents=True)
+    (trap / "rich.py").write_text(planted)
+    (trap / "typer.py").write_text(planted)
+    (trap / "mura_cli" / "__init__.py").write_text(planted)
+    launcher = Path(sys.executable).with_name("mura-cli")
+    result = subprocess.run([str(launcher), "score", str(mura_folder), "--out", str(tmp_path / "out"), "--model",
+                             str(tiny_model), "--quiet"], cwd=trap, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists(), marker.read_text()
+    assert (tmp_path / "out" / "images.csv").is_file()
+
+
+@pytest.mark.slow
+def test_fifos_and_other_special_files_never_hang(tmp_path, tiny_model, mura_folder):
+    """Only regular files are opened: a FIFO named like an image, reached through a link, or without an
+    extension gets a reason row or is skipped; a FIFO config.json is a one-line model error."""
+    data = mura_folder
+    os.mkfifo(data / "pipe.png")
+    os.mkfifo(tmp_path / "elsewhere.fifo")
+    os.symlink(tmp_path / "elsewhere.fifo", data / "linked.dcm")
+    os.mkfifo(data / "1.2.840.99999")  # extension-less: only DICOM content would make it an image
+    out = tmp_path / "out"
+    result = subprocess.run([str(Path(sys.executable).with_name("mura-cli")), "score", str(data), "--out", str(out),
+                             "--model", str(tiny_model), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr
+    images = pd.read_csv(out / "images.csv", keep_default_na=False)
+    reasons = dict(zip(images["path"], images["error"]))
+    assert reasons["pipe.png"] == "not a regular file: a FIFO (named pipe)"
+    assert reasons["linked.dcm"] == "not a regular file: a FIFO (named pipe)"
+    assert "1.2.840.99999" not in reasons
+    assert (images["error"] == "").sum() == len(images) - 2
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes())
+    os.mkfifo(model / "config.json")
+    result = subprocess.run([str(Path(sys.executable).with_name("mura-cli")), "score", str(data), "--out",
+                             str(tmp_path / "out2"), "--model", str(model)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "config.json: not a regular file: a FIFO" in result.stderr
+
+
+def test_unreadable_folders_and_files_are_reported_not_skipped(tmp_path, mura_folder, monkeypatch):
+    """Root reads everything, so the permission errors are simulated where the OS would raise them."""
+    from mura_cli.io import discover as discover_module
+    from mura_cli.io import sniff
+
+    locked = mura_folder / "XR_HAND" / "locked"
+    locked.mkdir(parents=True)
+    (mura_folder / "1.2.3.4").write_bytes(b"\0" * 200)
+    real_scandir, real_sniff = os.scandir, sniff.sniff_file
+
+    def scandir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    def sniff_file(path):
+        if Path(path).name == "1.2.3.4":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_sniff(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(discover_module.sniff, "sniff_file", sniff_file)
+    found = {r.rel_path: r for r in discover_module.discover(mura_folder).images}
+    assert found["XR_HAND/locked/"].error == "folder cannot be read: permission denied"
+    assert "1.2.3.4" in found and found["1.2.3.4"].kind == "unreadable"
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, tiny_model, mura_folder):
+    from mura_cli import folder_lock
+
+    out = tmp_path / "out"
+    with folder_lock.hold(out):  # as a live run holds it
+        for resume in (False, True):
+            with pytest.raises(InputError, match=r"in use by another mura-cli run \(process \d+\)"):
+                score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0),
+                             resume=resume)
+    result = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0))
+    assert result.exit_code == 0  # free again once the holder has ended

@@ -41,6 +41,8 @@ def decode_image(path: str | Path) -> np.ndarray:
         image = _decode_dicom(path) if kind == sniff.DICOM else _decode_raster(path)
     except DecodeError:
         raise
+    except sniff.NotRegularFile as exc:
+        raise DecodeError(str(path), str(exc)) from None
     except FileNotFoundError:
         raise DecodeError(str(path), "file disappeared before it could be read") from None
     except PermissionError:

@@ -79,13 +79,21 @@ def _file_kind(path: Path) -> str | None:
         return "dicom"
     try:  # no known extension (or a UID-like name): only DICOM is recognised by content
         return "dicom" if sniff.sniff_file(path) == sniff.DICOM else None
+    except PermissionError:  # may well be a DICOM file: reported (decoding says why), not skipped
+        return "unreadable"
     except OSError:
         return None
 
 
-def _walk(root: Path):
-    """Yield (path, hidden) for every file below root, sorted, without following folder links."""
-    for folder, dirs, files in os.walk(root, followlinks=False):
+def _walk(root: Path, unreadable: list):
+    """Yield (path, hidden) for every file below root, sorted, without following folder links; folders
+    that cannot be listed are appended to ``unreadable`` as (path, reason)."""
+
+    def note(exc: OSError) -> None:
+        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+        unreadable.append((Path(exc.filename or root), f"folder cannot be read: {reason}"))
+
+    for folder, dirs, files in os.walk(root, followlinks=False, onerror=note):
         hidden_dirs = sorted(d for d in dirs if d.startswith("."))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in hidden_dirs:
@@ -115,6 +123,12 @@ def _record(path: Path, root: Path, kind: str, include_phi: bool = False) -> Ima
     )
     if path.is_symlink() and not path.exists():
         return replace(record, error="broken symbolic link or link loop")
+    try:
+        problem = sniff.regular_file_problem(path)
+    except OSError as exc:
+        problem = "permission denied" if isinstance(exc, PermissionError) else f"cannot be looked at ({exc})"
+    if problem:
+        return replace(record, error=problem)
     return _with_dicom_header(record, include_phi) if kind == "dicom" else record
 
 
@@ -150,15 +164,18 @@ def discover(input_path: str | Path, include_phi: bool = False) -> Discovery:
         if kind is None:
             raise InputError(f"{given}: not a PNG, JPEG or DICOM file")
         return Discovery(root=given.parent, images=(_record(given, given.parent, kind, include_phi),))
-    images, skipped, examples = [], 0, []
-    for path, hidden in _walk(given):
-        kind = None if hidden or not (path.is_file() or path.is_symlink()) else _file_kind(path)
+    images, skipped, examples, unreadable = [], 0, [], []
+    for path, hidden in _walk(given, unreadable):
+        kind = None if hidden else _file_kind(path)
         if kind is None:
             skipped += 1
             if len(examples) < 5:
                 examples.append(path.relative_to(given).as_posix())
             continue
         images.append(_record(path, given, kind, include_phi))
+    for folder, reason in unreadable:  # a row each, so that the run reports them and exits 3
+        rel = folder.relative_to(given).as_posix() if folder != given else "."
+        images.append(ImageRecord(path=folder, rel_path=rel + "/", kind="folder", study_id=rel, error=reason))
     return Discovery(root=given, images=tuple(images), skipped=skipped, skipped_examples=tuple(examples))
 
 

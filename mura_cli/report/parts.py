@@ -65,7 +65,8 @@ class _Pool:
     def _start(self) -> subprocess.Popen:
         package_root = str(Path(__file__).resolve().parents[2])  # importable even from a bare checkout
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-        return subprocess.Popen([sys.executable, "-m", "mura_cli.report.worker"], env={**os.environ, "PYTHONPATH": path},
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # never import from the working directory
+        return subprocess.Popen([sys.executable, *safe_path, "-m", "mura_cli.report.worker"], env={**os.environ, "PYTHONPATH": path},
                                 cwd=self.folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def _drive(self) -> None:
