@@ -3,7 +3,7 @@
 Two `score` runs into the same --out (or a --resume while the first still runs) would clear each
 other's thumbnails and interleave rows; the second one is refused with the first one's process id.
 The lock is an flock on ``.mura-cli.lock`` in the folder, so it is released when the process ends,
-whatever the way (kill -9 included). Where the platform has no flock (Windows), runs are not locked.
+whatever the way (kill -9 included); the file is removed at the end of a run that ends normally. Where the platform has no flock (Windows), runs are not locked.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def hold(folder: Path):
         return
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")
+    locked = False
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -39,6 +40,10 @@ def hold(folder: Path):
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
+        locked = True
         yield
     finally:
+        if locked:  # removed while still held, so the results folder is left as the run's files alone
+            with contextlib.suppress(OSError):
+                (folder / LOCK_FILE).unlink()
         handle.close()
