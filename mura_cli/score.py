@@ -63,14 +63,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool, weights_sha256: str) -> pd.DataFrame:
+def prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool, weights_sha256: str,
+                    input_root: Path | None = None) -> pd.DataFrame:
     """Refuse to replace earlier results unless asked to; with ``resume``, return the rows an
-    interrupted run finished (checked to come from the same model)."""
+    interrupted run scored (checked to come from the same model and input folder; failed rows are
+    left out, so that they are tried again)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
     existing = [name for name in RESULT_FILES if (out_dir / name).exists()]
     if resume:
-        return _finished_rows(out_dir, weights_sha256)
+        return _finished_rows(out_dir, weights_sha256, input_root)
     if existing and not overwrite:
         raise InputError(f"{out_dir}: holds results of an earlier run ({', '.join(existing)}); pass --resume to "
                          "finish an interrupted run, --overwrite to replace them, or choose another --out")
@@ -81,17 +83,23 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool, weights_sha256
     return pd.DataFrame(columns=IMAGE_COLUMNS)
 
 
-def _finished_rows(out_dir: Path, weights_sha256: str) -> pd.DataFrame:
+def _finished_rows(out_dir: Path, weights_sha256: str, input_root: Path | None) -> pd.DataFrame:
     if not (out_dir / "images.csv").is_file():
         raise InputError(f"{out_dir}: nothing to resume (no images.csv)")
     try:
-        earlier = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))["model"]["weights_sha256"]
+        record = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+        earlier = record["model"]["weights_sha256"]
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         raise InputError(f"{out_dir}: run.json is missing or unreadable; cannot check what made images.csv") from None
     if earlier != weights_sha256:
         raise InputError(f"{out_dir}: its results come from another model (weights sha256 {earlier[:12]}...); "
                          "resume with the same --model, or use --overwrite")
-    return read_images_csv(out_dir / "images.csv")
+    earlier_root = record.get("input_root")
+    if input_root is not None and earlier_root and earlier_root != str(input_root):
+        raise InputError(f"{out_dir}: its results come from another input ({earlier_root}); resume with the same "
+                         "input, or use --overwrite")
+    rows = read_images_csv(out_dir / "images.csv").drop_duplicates("path", keep="last")
+    return rows[rows["error"].fillna("") == ""].reset_index(drop=True)
 
 
 def read_images_csv(path: Path) -> pd.DataFrame:
@@ -187,6 +195,7 @@ def _run_record(config, loaded, runtime, workers, heatmap_method, discovery, ima
                  "torch": torch.__version__},
         "started": started,
         "config": config.to_dict(),
+        "input_root": str(discovery.root),
         "model": {"name": loaded.config.name, "path": str(loaded.path.resolve()),
                   "weights_sha256": loaded.weights_sha256, "config": loaded.config.to_dict()},
         "runtime": {"device": str(runtime.device), "precision": runtime.precision, "reason": runtime.reason,
@@ -239,8 +248,8 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
 
 def _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, resume, notify, started, clock):
     """The part of score_folder that writes into the (locked) results folder."""
-    done = prepare_out_dir(out_dir, overwrite, resume, loaded.weights_sha256)
-    write_json(_start_record(config, loaded, started), out_dir / "run.json")
+    done = prepare_out_dir(out_dir, overwrite, resume, loaded.weights_sha256, discovery.root)
+    write_json({**_start_record(config, loaded, started), "input_root": str(discovery.root)}, out_dir / "run.json")
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     notify(ProgressEvent("start", len(done), len(discovery.images),
                          f"Scoring {len(discovery.images)} images with {loaded.config.name} on {runtime.reason}"

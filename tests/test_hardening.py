@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -341,3 +342,23 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, tiny_model, mura
                              resume=resume)
     result = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0))
     assert result.exit_code == 0  # free again once the holder has ended
+
+
+def test_resume_refuses_another_input_and_retries_failed_rows(tmp_path, tiny_model, mura_folder):
+    out = tmp_path / "out"
+    broken = mura_folder / "XR_HAND" / "patient00009" / "study1_negative" / "image1.png"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    first = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0))
+    assert first.exit_code == 3
+    other = tmp_path / "other"
+    shutil.copytree(mura_folder, other)  # same relative names, another folder
+    with pytest.raises(InputError, match="another input"):
+        score_folder(ScoreConfig(input=str(other), out_dir=str(out), model=str(tiny_model), workers=0), resume=True)
+    save_png8(radiograph(5), broken)  # the file is mended: resume scores it instead of keeping the failure
+    again = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0),
+                         resume=True)
+    assert again.exit_code == 0
+    row = again.images.set_index("path").loc["XR_HAND/patient00009/study1_negative/image1.png"]
+    assert row["error"] == "" and 0 <= row["probability"] <= 1
+    assert len(again.images) == len(first.images)
