@@ -27,7 +27,8 @@ class ModelConfig:
     resize: str = "letterbox"  # keep aspect ratio and pad, or stretch to the input size
     aggregation: str = "mean"  # image probabilities -> study probability
     output_stride: int = 32  # input pixels per heatmap cell (16: timm's dilated last stages, finer maps)
-    temperature: float = 1.0  # probability = sigmoid(logit / temperature), fitted on validation
+    temperature: float = 1.0  # probability = sigmoid(logit / temperature + logit_bias), fitted on validation
+    logit_bias: float = 0.0
     # device kind -> precision -> measured deviation from fp32 (see precision_check.py); `auto` uses a
     # reduced precision only where its check passed
     precision_checks: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +90,7 @@ class ModelConfig:
 
 _NUMBER = (int, float)
 _CONFIG_TYPES = {"architecture": str, "threshold": _NUMBER, "resize": str, "aggregation": str, "output_stride": int,
-                 "temperature": _NUMBER, "precision_checks": dict, "name": str, "positive_class": str,
+                 "temperature": _NUMBER, "logit_bias": _NUMBER, "precision_checks": dict, "name": str, "positive_class": str,
                  "negative_class": str, "task": str, "provenance": dict, "format_version": int}
 MAX_INPUT_SIDE = 1024  # a 1024 x 1024 canvas is 4 MiB per image in uint8; larger is an error, not a model
 
@@ -136,6 +137,8 @@ def _model_config_problems(cfg: ModelConfig):
         yield f"'output_stride' must be 8, 16 or 32, got {cfg.output_stride}"
     if not (isinstance(cfg.temperature, (int, float)) and math.isfinite(cfg.temperature) and cfg.temperature > 0):
         yield f"'temperature' must be a positive number, got {cfg.temperature}"
+    if not (isinstance(cfg.logit_bias, (int, float)) and math.isfinite(cfg.logit_bias)):
+        yield f"'logit_bias' must be a finite number, got {cfg.logit_bias}"
     if cfg.format_version > MODEL_FORMAT_VERSION:
         yield f"format_version {cfg.format_version} is newer than this mura-cli understands"
 
@@ -189,10 +192,10 @@ class TrainConfig:
     resize: str = "letterbox"
     epochs: int = 20
     batch_size: int = 32
-    lr: float = 3e-4  # all layers
+    lr: float = 5e-4  # all layers
     head_lr: float = 1e-3  # the classifier alone, during --freeze-epochs
     weight_decay: float = 1e-4
-    freeze_epochs: int = 1
+    freeze_epochs: int = 0
     scheduler: str = "cosine"  # cosine | plateau
     patience: int = 5  # epochs without improvement before stopping
     monitor: str = "auroc"  # auroc | kappa (study level, validation)
@@ -210,7 +213,7 @@ class TrainConfig:
     box_grow: float = 0.25  # boxes grown by this share of their size on every side for the box loss
     box_loss_from: int = 0  # first epoch (0-based) with the box loss; the best checkpoint is chosen from then on
     flip: bool = True
-    rotate: float = 30.0  # degrees, as in the MURA paper
+    rotate: float = 10.0  # degrees (the MURA paper used 30; 10 validated better, benchmarks/RECIPE.md)
     brightness: float = 0.2
     contrast: float = 0.2
     scale: float = 0.1

@@ -177,13 +177,14 @@ def _localisation_summary(images: pd.DataFrame, config: EvalConfig) -> dict | No
     return summary
 
 
-def _uncalibrated(images: pd.DataFrame, method: str, threshold: float, temperature: float) -> dict | None:
-    """Study-level calibration of the probabilities the model gives without its temperature."""
-    if temperature == 1.0:
+def _uncalibrated(images: pd.DataFrame, method: str, threshold: float, cfg) -> dict | None:
+    """Study-level calibration of the probabilities the model gives without its calibration."""
+    if cfg.temperature == 1.0 and cfg.logit_bias == 0.0:
         return None
-    from mura_cli.calibration import rescale
+    from mura_cli.calibration import uncalibrate
 
-    raw = images.assign(probability=rescale(images["probability"].to_numpy(float), 1.0 / temperature))
+    raw = images.assign(probability=uncalibrate(images["probability"].to_numpy(float), cfg.temperature,
+                                                cfg.logit_bias))
     studies = aggregate_studies(raw, method, threshold).dropna(subset=["probability"])
     return metrics.calibration(studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float))
 
@@ -228,11 +229,12 @@ def evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None] | None = No
     studies = aggregate_studies(images, method, threshold)
     notify(EvalEvent("metrics", message=f"Metrics with {config.bootstrap} bootstrap resamples"))
     result = compute_metrics(images, studies, threshold, config)
-    result["calibration_before_temperature"] = _uncalibrated(images, method, threshold, loaded.config.temperature)
+    result["calibration_before_temperature"] = _uncalibrated(images, method, threshold, loaded.config)
     result["run"] = {"tool": f"mura-cli {__version__}", "started": started, "data": config.data, "split": split,
                      "model": loaded.config.name, "weights_sha256": loaded.weights_sha256, "threshold": threshold,
                      "aggregation": method, "device": str(runtime.device), "precision": runtime.precision,
-                     "precision_reason": runtime.reason, "temperature": loaded.config.temperature, "tta": config.tta,
+                     "precision_reason": runtime.reason, "temperature": loaded.config.temperature,
+                     "logit_bias": loaded.config.logit_bias, "tta": config.tta,
                      "failed_images": int(images["probability"].isna().sum()), "config": config.to_dict(),
                      "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "unit": "study"}}
     files = _write(out_dir, images, studies, result)

@@ -64,8 +64,8 @@ class InputNormaliser:
 class Predictor:
     """The model on its device, ready to turn loader batches into BatchResults.
 
-    The backbone runs under the runtime's autocast; the head (pooling + classifier), the temperature
-    and the CAM are computed in fp32 from the same feature map. ``tta='flip'`` also scores each image
+    The backbone runs under the runtime's autocast; the head (pooling + classifier), the calibration
+    (temperature and bias) and the CAM are computed in fp32 from the same feature map. ``tta='flip'`` also scores each image
     mirrored left-right and averages the two probabilities and the two heatmaps (the mirrored one
     flipped back)."""
 
@@ -76,7 +76,7 @@ class Predictor:
             raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
         self.config = cfg
         self.tta = tta
-        self.temperature = float(cfg.temperature)
+        self.temperature, self.logit_bias = float(cfg.temperature), float(cfg.logit_bias)
         self.runtime = runtime
         self.channels, self.height, self.width = cfg.input_size
         self.model = loaded.model.to(runtime.device).eval()
@@ -121,7 +121,7 @@ class Predictor:
                 with torch.autocast(device_type=self.runtime.device.type, enabled=False):
                     logits = self.model.forward_head(feats)
                 cams = cam.class_activation_map(feats, self.classifier) if self.heatmap_method == "cam" else None
-        return torch.sigmoid(logits.float()[:, 0] / self.temperature), cams
+        return torch.sigmoid(logits.float()[:, 0] / self.temperature + self.logit_bias), cams
 
     def __call__(self, batch: dict) -> BatchResult:
         errors = list(batch["error"])

@@ -24,7 +24,7 @@ from torch import nn
 
 from mura_cli import __version__
 from mura_cli.aggregate import aggregate_studies
-from mura_cli.calibration import fit_temperature, rescale
+from mura_cli.calibration import fit_platt, rescale
 from mura_cli.config import ModelConfig, TrainConfig
 from mura_cli.data import Reindexed, create_augment, create_train_loader, default_workers
 from mura_cli.datasets import read_dataset
@@ -390,19 +390,21 @@ def decoded_sources(config: TrainConfig, model_cfg, train_records, val_records, 
 
 
 def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> TrainResult:
-    """Best weights back, temperature and threshold from validation, precision checked on validation
+    """Best weights back, calibration (temperature, bias) and threshold from validation, precision checked on validation
     images, model folder written."""
     if trainer.best_state is not None:
         trainer.model.load_state_dict(trainer.best_state)
     images = validate_images(trainer, val, val_records, workers)
-    temperature = fit_temperature(images["probability"].to_numpy(float), images["label"].to_numpy(int))
-    _, studies = study_metrics(images.assign(probability=rescale(images["probability"].to_numpy(float), temperature)))
+    temperature, bias = fit_platt(images["probability"].to_numpy(float), images["label"].to_numpy(int))
+    calibrated = rescale(images["probability"].to_numpy(float), temperature, bias)
+    _, studies = study_metrics(images.assign(probability=calibrated))
     y, p = studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float)
     points = operating_points(y, p, 0.5)
     threshold = float(points.get("youden", points["model"])["threshold"])
-    val_metrics = {**threshold_metrics(y, p, threshold), "threshold": threshold, "temperature": temperature}
+    val_metrics = {**threshold_metrics(y, p, threshold), "threshold": threshold, "temperature": temperature,
+                   "logit_bias": bias}
     log = pd.DataFrame(trainer.history, columns=LOG_COLUMNS)
-    model_cfg = trainer.model_cfg.replace(threshold=threshold, temperature=temperature,
+    model_cfg = trainer.model_cfg.replace(threshold=threshold, temperature=temperature, logit_bias=bias,
                                           provenance=_provenance(trainer, pool, val_metrics))
     model_cfg = model_cfg.replace(precision_checks=_precision_checks(trainer, model_cfg, val_records))
     if trainer.dist.is_main:

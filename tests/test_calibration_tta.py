@@ -66,3 +66,20 @@ def test_flip_tta_heatmap_is_flipped_back(tiny_model):
     expected = (single.probabilities[0] + flipped_alone.probabilities[0]) / 2
     assert a.probabilities[0] == pytest.approx(expected, abs=1e-6)
     assert not np.allclose(single.heatmaps[0], flipped_alone.heatmaps[0][:, ::-1], atol=1e-3)
+
+
+def test_temperature_and_bias_undo_a_shifted_overconfident_logit():
+    """Class weighting shifts logits: a temperature alone cannot undo that, temperature + bias can."""
+    rng = np.random.default_rng(2)
+    true_logit = rng.normal(-1.5, 1.5, 6000)
+    y = (rng.uniform(size=6000) < calibration.sigmoid(true_logit)).astype(int)
+    shifted = calibration.sigmoid(true_logit * 2.0 + 1.5)
+    temperature, bias = calibration.fit_platt(shifted[:3000], y[:3000])
+    assert (temperature, bias) == (pytest.approx(2.0, rel=0.1), pytest.approx(-0.75, abs=0.15))
+    held_out = y[3000:], shifted[3000:]
+    temperature_alone = calibration.fit_temperature(shifted[:3000], y[:3000])
+    alone = metrics.calibration(held_out[0], calibration.rescale(held_out[1], temperature_alone))["ece"]
+    both = metrics.calibration(held_out[0], calibration.rescale(held_out[1], temperature, bias))["ece"]
+    assert both < 0.03 < alone
+    assert calibration.uncalibrate(calibration.rescale(held_out[1], temperature, bias), temperature, bias) == \
+        pytest.approx(held_out[1], abs=1e-6)

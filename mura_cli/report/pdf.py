@@ -155,5 +155,5 @@ def render_eval_report(result: dict, out_dir: Path, path: Path) -> Path:
                        calibration=result["study"]["overall"]["calibration"],
                        localisation=result.get("localisation"),
                        before_temperature=result.get("calibration_before_temperature"),
-                       temperature=result["run"].get("temperature", 1.0))
+                       temperature=result["run"].get("temperature", 1.0), bias=result["run"].get("logit_bias", 0.0))
     return write_pdf(html, path, pictures)
