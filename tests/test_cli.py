@@ -79,7 +79,8 @@ def test_train_then_evaluate_with_boxes_through_the_cli(learnable_folder, tmp_pa
     model = tmp_path / "model"
     trained = runner.invoke(app, ["train", str(learnable_folder), "--out", str(model), "--arch", "resnet10t",
                                   "--img-size", "64", "--epochs", "2", "--batch-size", "16", "--workers", "0",
-                                  "--lr", "3e-3", "--head-lr", "1e-2", "--val-fraction", "0.25"])
+                                  "--lr", "3e-3", "--head-lr", "1e-2", "--val-fraction", "0.25", "--freeze-epochs", "1",
+                                  "--rotate", "30"])
     assert trained.exit_code == 0, trained.output
     assert "best epoch" in trained.output and (model / "model.safetensors").is_file()
     assert "epochs (validation at study level)" in trained.output and "val AUROC" in trained.output
