@@ -65,9 +65,9 @@ class Predictor:
     """The model on its device, ready to turn loader batches into BatchResults.
 
     The backbone runs under the runtime's autocast; the head (pooling + classifier), the calibration
-    (temperature and bias) and the CAM are computed in fp32 from the same feature map. ``tta='flip'`` also scores each image
-    mirrored left-right and averages the two probabilities and the two heatmaps (the mirrored one
-    flipped back)."""
+    (temperature and bias) and the CAM are computed in fp32 from the same feature map. ``tta='flip'``
+    also scores each image mirrored left-right and averages the two probabilities and the two heatmaps
+    (the mirrored one flipped back)."""
 
     def __init__(self, loaded: LoadedModel, runtime: Runtime, heatmaps: bool = True, keep_maps: bool = False,
                  tta: str = "none"):

@@ -38,7 +38,8 @@ from mura_cli.predict import InputNormaliser, Predictor, predict_records
 from mura_cli.split import patient_split
 from mura_cli import cam, losses, training_io
 
-LOG_COLUMNS = ["epoch", "phase", "train_loss", "train_box_loss", "val_loss", "val_auroc", "val_kappa", "lr", "train_seconds", "seconds"]
+LOG_COLUMNS = ["epoch", "phase", "train_loss", "train_box_loss", "val_loss", "val_auroc", "val_kappa", "lr",
+               "train_seconds", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def model_config_for(config: TrainConfig) -> ModelConfig:
     if config.in_chans == 1:
         mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
     return ModelConfig(architecture=config.arch, input_size=(config.in_chans, config.img_size, config.img_size),
-                       mean=mean, std=std, resize=config.resize, output_stride=config.output_stride, name=config.name or Path(config.out_dir).name,
+                       mean=mean, std=std, resize=config.resize, output_stride=config.output_stride,
+                       name=config.name or Path(config.out_dir).name,
                        positive_class=config.positive_class, negative_class=config.negative_class, task=config.task)
 
 
