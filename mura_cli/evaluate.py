@@ -168,12 +168,12 @@ def _localisation_summary(images: pd.DataFrame, config: EvalConfig) -> dict | No
     summary = {"overall": {**_pointing(rated), "margin": 0.1, "tolerance": config.pointing_tolerance},
                "per_body_part": {part: _pointing(group) for part, group in rated.groupby("body_part")}}
     if "deletion_drop" in images:
-        from mura_cli.faithfulness import mean_drop_ci
+        from mura_cli.faithfulness import DELETION_GROW, mean_drop_ci
 
         summary["deletion"] = {
             "boxes_filled": mean_drop_ci(images["deletion_drop"].to_numpy(float), config.bootstrap, config.seed),
             "elsewhere_filled": mean_drop_ci(images["elsewhere_drop"].to_numpy(float), config.bootstrap, config.seed),
-            "grow": 0.25}
+            "grow": DELETION_GROW}
     return summary
 
 
