@@ -41,10 +41,11 @@ def boxes_for(rel_path: str, boxes: dict[str, list[Box]]) -> list[Box]:
     return boxes.get(rel_path) or boxes.get(rel_path.rsplit("/", 1)[-1]) or []
 
 
-def grow_box(box: Box, fraction: float) -> Box:
-    """The box grown by ``fraction`` of its width and height on every side."""
+def grow_box(box: Box, fraction: float, slack: float = 0.0) -> Box:
+    """The box grown on every side by ``fraction`` of its width and height, or by ``slack`` pixels
+    where that is more."""
     x0, y0, x1, y1 = box
-    dx, dy = (x1 - x0) * fraction, (y1 - y0) * fraction
+    dx, dy = max((x1 - x0) * fraction, slack), max((y1 - y0) * fraction, slack)
     return (x0 - dx, y0 - dy, x1 + dx, y1 + dy)
 
 

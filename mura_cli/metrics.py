@@ -12,6 +12,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import brier_score_loss, cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
+from mura_cli.boxes import grow_box
+
 CI_METRICS = ("auroc", "kappa", "accuracy", "sensitivity", "specificity", "precision", "f1")
 
 
@@ -130,18 +132,11 @@ def calibration(y, p, bins: int = 10) -> dict:
             "curve": {"predicted": [float(v) for v in predicted], "observed": [float(v) for v in observed]}}
 
 
-def expand_box(box, margin: float = 0.1, slack: float = 0.0):
-    """The box grown on every side by ``margin`` of its size, or by ``slack`` pixels where that is more."""
-    x0, y0, x1, y1 = box
-    dx, dy = max((x1 - x0) * margin, slack), max((y1 - y0) * margin, slack)
-    return x0 - dx, y0 - dy, x1 + dx, y1 + dy
-
-
 def pointing_hit(peak_xy, boxes, margin: float = 0.1, slack: float = 0.0) -> bool:
     """Is the heatmap's peak inside any box, each grown by ``margin`` of its size on every side (or by
     ``slack`` pixels where that is more: the tolerant pointing game)?"""
     x, y = peak_xy
-    return any(x0 <= x <= x1 and y0 <= y <= y1 for x0, y0, x1, y1 in (expand_box(b, margin, slack) for b in boxes))
+    return any(x0 <= x <= x1 and y0 <= y <= y1 for x0, y0, x1, y1 in (grow_box(b, margin, slack) for b in boxes))
 
 
 def energy_inside(heatmap: np.ndarray, boxes) -> float:
