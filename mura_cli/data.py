@@ -133,6 +133,20 @@ def _augment_with_mask(augment, image: torch.Tensor, mask: torch.Tensor) -> tupl
     return out_image.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)
 
 
+class InMemory(Dataset):
+    """The items of ``source`` decoded once and kept in memory, for a few passes over the same images
+    (the deletion test, the precision check) that would otherwise decode every image again."""
+
+    def __init__(self, source: Dataset):
+        self.items = [source[i] for i in range(len(source))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
 class Reindexed(Dataset):
     """The items of ``source`` at ``positions``, numbered 0..n-1 (a rank's share of a cached set)."""
 

@@ -84,13 +84,15 @@ class FilledDataset(Dataset):
 
 def deletion_scores(predictor, records, image_boxes: list[list], batch_size: int, workers: int,
                     seed: int = 0) -> pd.DataFrame:
-    """Probabilities with the boxes filled and with same-size regions elsewhere filled, one row per record."""
-    from mura_cli.data import ImageDataset
+    """Probabilities with the boxes filled and with same-size regions elsewhere filled, one row per record
+    (each image decoded once for both)."""
+    from mura_cli.data import ImageDataset, InMemory
     from mura_cli.predict import predict_records
 
+    decoded = InMemory(ImageDataset(records, predictor.config))
     out = {}
     for mode in ("boxes", "elsewhere"):
-        dataset = FilledDataset(ImageDataset(records, predictor.config), image_boxes, mode, seed)
+        dataset = FilledDataset(decoded, image_boxes, mode, seed)
         probs = np.full(len(records), np.nan)
         for result in predict_records(predictor, records, batch_size, workers, dataset=dataset):
             probs[result.indices] = result.probabilities

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mura_cli.data import ImageDataset, InMemory
 from mura_cli.device import Runtime, reduced_candidate
 from mura_cli.modeling import CONFIG_FILE, LoadedModel
 from mura_cli.predict import Predictor, predict_records
@@ -33,10 +34,10 @@ def reduced_precisions(device: torch.device) -> list[str]:
     return found
 
 
-def _score(loaded: LoadedModel, runtime: Runtime, records, batch_size: int):
+def _score(loaded: LoadedModel, runtime: Runtime, records, batch_size: int, decoded):
     predictor = Predictor(loaded, runtime, heatmaps=True)
     probs, peaks = np.full(len(records), np.nan), np.full((len(records), 2), -1, dtype=np.int64)
-    for result in predict_records(predictor, records, batch_size, 0):
+    for result in predict_records(predictor, records, batch_size, 0, dataset=decoded):
         probs[result.indices] = result.probabilities
         peaks[result.indices] = result.peaks
     return probs, peaks
@@ -67,10 +68,11 @@ def check_precisions(loaded: LoadedModel, records, device: torch.device, precisi
                      batch_size: int = 32) -> dict[str, dict]:
     """precision -> deviation statistics against fp32 on ``records``, on ``device``."""
     precisions = precisions if precisions is not None else reduced_precisions(device)
-    reference = _score(loaded, Runtime(device, "fp32", "precision check"), records, batch_size)
+    decoded = InMemory(ImageDataset(records, loaded.config))  # decoded once for every precision
+    reference = _score(loaded, Runtime(device, "fp32", "precision check"), records, batch_size, decoded)
     cell = max(1, loaded.config.output_stride)
     return {precision: deviation(reference, _score(loaded, Runtime(device, precision, "precision check"), records,
-                                                   batch_size), loaded.config.threshold, cell)
+                                                   batch_size, decoded), loaded.config.threshold, cell)
             for precision in precisions}
 
 
