@@ -3,7 +3,8 @@
 For a head that is global average pooling followed by a linear layer, Grad-CAM's channel weights are
 the classifier weights divided by the map's area (d logit / d F[c,i,j] = w_c / (h*w)), so Grad-CAM
 equals the class activation map ReLU(sum_c w_c F_c) up to scale: computed from the forward pass, no
-backward pass. Any other head gets autograd Grad-CAM through the head only, from the same features.
+backward pass. With ``pooling="lse"`` (mura_cli.pooling) the same map is the decision itself: the image
+logit is the log-mean-exp of the cell logits. Any other head gets autograd Grad-CAM through the head only, from the same features.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mura_cli.pooling import CellPooledLinear
+
 
 def linear_pooled_head(model: nn.Module, channels: int) -> nn.Linear | None:
     """The classifier when ``forward_head`` is exactly mean-pool + linear, else None.
@@ -19,6 +22,8 @@ def linear_pooled_head(model: nn.Module, channels: int) -> nn.Linear | None:
     Checked numerically on random feature maps (eval mode, fp32) rather than by module names, so any
     timm architecture whose head reduces to that form qualifies and nothing else does."""
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(classifier, CellPooledLinear):  # the cell logits are the decision (mura_cli.pooling)
+        return classifier
     if not isinstance(classifier, nn.Linear) or classifier.in_features != channels:
         return None
     param = next(model.parameters())

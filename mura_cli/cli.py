@@ -99,6 +99,7 @@ def score(
     include_phi: bool = typer.Option(False, "--include-phi", help="Put DICOM PatientID in the patient_id column (off by default)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: score only share I (0-based) of N, by a stable hash of the study id; combine with `mura-cli merge`."),
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none, or flip (average with the left-right mirror; 2x the model time)."),
+    allow_modality: list[str] = typer.Option([], "--allow-modality", help="Also score DICOM files of this modality (repeatable; CR and DX always are), e.g. RF, XA, MG, OT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Score every radiograph below INPUT; write images.csv, studies.csv, run.json (and report.pdf)."""
@@ -111,14 +112,18 @@ def score(
         raise typer.BadParameter(f"expected one of {', '.join(choices.PRECISIONS)}", param_hint="--precision")
     if tta not in choices.TTA_MODES:
         raise typer.BadParameter(f"expected one of {', '.join(choices.TTA_MODES)}", param_hint="--tta")
-    config = ScoreConfig(input=str(input), out_dir=str(out), model=model, device=device, precision=precision,
-                         batch_size=batch_size, workers=workers, aggregate=aggregate, threshold=threshold,
-                         heatmaps=heatmaps, pdf=pdf, include_phi=include_phi, shard=shard, tta=tta)
+    try:
+        config = ScoreConfig(input=str(input), out_dir=str(out), model=model, device=device, precision=precision,
+                             batch_size=batch_size, workers=workers, aggregate=aggregate, threshold=threshold,
+                             heatmaps=heatmaps, pdf=pdf, include_phi=include_phi, shard=shard, tta=tta,
+                             allow_modality=tuple(m.strip().upper() for m in allow_modality))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if overwrite and resume:
         raise typer.BadParameter("choose one of --overwrite and --resume", param_hint="--resume")
     if include_phi:
-        err.print("[yellow]warning:[/] --include-phi puts DICOM PatientID into studies.csv and the report; "
-                  "do not share these files outside your institution")
+        err.print("[yellow]warning:[/] --include-phi puts DICOM PatientID into the patient_id column of "
+                  "studies.csv; do not share that file outside your institution")
     view = _ProgressView(quiet)
     try:
         result = score_folder(config, notify=view, overwrite=overwrite, resume=resume)
@@ -209,6 +214,7 @@ def train(
     pretrained: bool = typer.Option(False, "--pretrained", help="ImageNet weights through timm's hub (online)."),
     init_weights: Optional[str] = typer.Option(None, "--init-weights", help="Local initial weights (.safetensors)."),
     output_stride: int = typer.Option(32, "--output-stride", help="16: heatmap cells of 16 input pixels (dilated last stages), finer maps, more compute."),
+    pooling: str = typer.Option("avg", "--pooling", help="avg: mean-pool then linear (timm); lse: the linear layer scores each heatmap cell and the image logit is their log-mean-exp, so the heatmap is the decision."),
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="Lesion boxes CSV (image_id or path, x0, y0, x1, y1): pull the heatmaps of positive images into their boxes."),
     box_loss_weight: float = typer.Option(1.0, "--box-loss-weight", min=0.0, help="Weight of the box loss beside the classification loss."),
     box_grow: float = typer.Option(0.25, "--box-grow", min=0.0, help="Boxes grown by this share of their size on each side for the box loss."),
@@ -236,7 +242,7 @@ def train(
                              freeze_epochs=freeze_epochs, scheduler=scheduler, patience=patience, monitor=monitor,
                              class_weights=class_weights, val_fraction=val_fraction, seed=seed, device=device,
                              precision=precision, workers=workers, pretrained=pretrained, init_weights=init_weights,
-                             output_stride=output_stride, boxes=str(boxes) if boxes else None,
+                             output_stride=output_stride, pooling=pooling, boxes=str(boxes) if boxes else None,
                              box_loss_weight=box_loss_weight, box_grow=box_grow, box_loss_from=box_loss_from,
                              flip=flip, rotate=rotate, brightness=brightness, contrast=contrast, scale=scale,
                              resume=resume, cache=cache, name=name, positive_class=positive_class,
@@ -382,12 +388,13 @@ def merge(
     shards: list[Path] = typer.Argument(..., help="Results folders of `score --shard I/N`, one per shard."),
     out: Path = typer.Option(..., "--out", "-o", help="Where the merged results go."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write one report.pdf (shards must have been scored with --pdf)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
 ) -> None:
     """Combine shard results into exactly what a single run would have written."""
     from mura_cli.merge import merge_shards
 
     try:
-        run = merge_shards(shards, out, pdf=pdf)
+        run = merge_shards(shards, out, pdf=pdf, overwrite=overwrite)
     except MuraError as exc:
         raise _fail(str(exc)) from None
     counts = run["counts"]

@@ -27,6 +27,7 @@ class ModelConfig:
     resize: str = "letterbox"  # keep aspect ratio and pad, or stretch to the input size
     aggregation: str = "mean"  # image probabilities -> study probability
     output_stride: int = 32  # input pixels per heatmap cell (16: timm's dilated last stages, finer maps)
+    pooling: str = "avg"  # avg (timm's head) or lse (cell logits pooled by log-mean-exp, mura_cli.pooling)
     temperature: float = 1.0  # probability = sigmoid(logit / temperature + logit_bias), fitted on validation
     logit_bias: float = 0.0
     # device kind -> precision -> measured deviation from fp32 (see precision_check.py); `auto` uses a
@@ -90,6 +91,7 @@ class ModelConfig:
 
 _NUMBER = (int, float)
 _CONFIG_TYPES = {"architecture": str, "threshold": _NUMBER, "resize": str, "aggregation": str, "output_stride": int,
+                 "pooling": str,
                  "temperature": _NUMBER, "logit_bias": _NUMBER, "precision_checks": dict, "name": str, "positive_class": str,
                  "negative_class": str, "task": str, "provenance": dict, "format_version": int}
 MAX_INPUT_SIDE = 1024  # a 1024 x 1024 canvas is 4 MiB per image in uint8; larger is an error, not a model
@@ -133,6 +135,8 @@ def _model_config_problems(cfg: ModelConfig):
         yield f"'resize' must be one of {list(choices.RESIZE_POLICIES)}"
     if cfg.aggregation not in choices.AGGREGATIONS:
         yield f"'aggregation' must be one of {list(choices.AGGREGATIONS)}"
+    if cfg.pooling not in choices.POOLINGS:
+        yield f"'pooling' must be one of {list(choices.POOLINGS)}"
     if cfg.output_stride not in (8, 16, 32):
         yield f"'output_stride' must be 8, 16 or 32, got {cfg.output_stride}"
     if not (isinstance(cfg.temperature, (int, float)) and math.isfinite(cfg.temperature) and cfg.temperature > 0):
@@ -161,10 +165,14 @@ class ScoreConfig:
     include_phi: bool = False  # add DICOM PatientID to the patient_id column (off: no demographics anywhere)
     shard: str | None = None  # "I/N": score only the studies whose stable hash falls in share I of N
     tta: str = "none"  # test-time augmentation: none | flip (average with the left-right mirror)
+    allow_modality: tuple[str, ...] = ()  # DICOM modalities scored besides CR and DX (e.g. RF, OT)
 
     def __post_init__(self) -> None:
         if self.tta not in choices.TTA_MODES:
             raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
+        bad = [m for m in self.allow_modality if not m.strip().isalnum()]
+        if bad:
+            raise ValueError(f"allow_modality: {bad[0]!r} is not a DICOM modality code (e.g. RF, XA, MG, OT)")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.workers is not None and self.workers < 0:
@@ -208,6 +216,7 @@ class TrainConfig:
     pretrained: bool = False  # ImageNet weights through timm's hub (needs network)
     init_weights: str | None = None  # a local weights file (safetensors) or a known offline source
     output_stride: int = 32  # 16: finer heatmaps (timm's output_stride), more compute in the last stages
+    pooling: str = "avg"  # lse: the image logit is a smooth maximum of the heatmap's cell logits
     boxes: str | None = None  # lesion boxes CSV (as `evaluate --boxes`): supervise the heatmap of positives
     box_loss_weight: float = 1.0
     box_grow: float = 0.25  # boxes grown by this share of their size on every side for the box loss
@@ -239,6 +248,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {list(choices.PRECISIONS)}")
         if self.output_stride not in (16, 32):
             raise ValueError("output_stride must be 16 or 32")
+        if self.pooling not in choices.POOLINGS:
+            raise ValueError(f"pooling must be one of {list(choices.POOLINGS)}")
         if self.box_loss_weight < 0 or self.box_grow < 0:
             raise ValueError("box_loss_weight and box_grow must be 0 or more")
         if not 0 <= self.box_loss_from < self.epochs:

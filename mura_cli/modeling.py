@@ -17,6 +17,7 @@ from torch import nn
 from mura_cli import choices
 from mura_cli.config import ModelConfig
 from mura_cli.errors import ModelError
+from mura_cli.pooling import use_cell_pooling
 from mura_cli.resources import data_dir
 
 CONFIG_FILE = "config.json"
@@ -36,12 +37,13 @@ def create_model(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
     """A timm model with one output logit (P(positive class) after a sigmoid)."""
     extra = {"output_stride": cfg.output_stride} if cfg.output_stride != 32 else {}
     try:
-        return timm.create_model(cfg.architecture, pretrained=pretrained, num_classes=1, in_chans=cfg.input_size[0],
-                                 **extra)
+        model = timm.create_model(cfg.architecture, pretrained=pretrained, num_classes=1,
+                                  in_chans=cfg.input_size[0], **extra)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ModelError(f"unknown architecture '{cfg.architecture}' (not a timm model name)") from None
         raise
+    return use_cell_pooling(model, cfg.architecture) if cfg.pooling == "lse" else model
 
 
 def save_model(model: nn.Module, cfg: ModelConfig, directory: str | Path) -> Path:

@@ -34,7 +34,9 @@ class BatchResult:
         error = self.errors[k]
         row = {"path": record.rel_path, "study_id": record.study_id, "body_part": record.body_part,
                "probability": np.nan if error else float(self.probabilities[k]), "error": error,
-               "width": pd.NA, "height": pd.NA, "heatmap_peak_x": pd.NA, "heatmap_peak_y": pd.NA}
+               "width": pd.NA, "height": pd.NA, "heatmap_peak_x": pd.NA, "heatmap_peak_y": pd.NA,
+               "file_bytes": record.file_bytes if record.file_bytes >= 0 else pd.NA,
+               "file_mtime_ns": record.file_mtime_ns if record.file_mtime_ns >= 0 else pd.NA}
         if not error:
             geometry = self.geometry(k)
             row["width"], row["height"] = geometry.orig_w, geometry.orig_h
@@ -155,6 +157,7 @@ class Predictor:
 
 IMAGE_COLUMNS = [
     "path", "study_id", "body_part", "probability", "error", "width", "height", "heatmap_peak_x", "heatmap_peak_y",
+    "file_bytes", "file_mtime_ns",  # the file as scored (size, modification time): what --resume compares
 ]
 
 

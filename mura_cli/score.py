@@ -102,6 +102,20 @@ def _finished_rows(out_dir: Path, weights_sha256: str, input_root: Path | None) 
     return rows[rows["error"].fillna("") == ""].reset_index(drop=True)
 
 
+def unchanged_rows(done: pd.DataFrame, records: tuple[ImageRecord, ...]) -> tuple[pd.DataFrame, int]:
+    """The resumed rows whose file has the size and modification time it had when scored, and how many
+    were dropped because their file changed (or its row predates fingerprints): those are scored again."""
+    if done.empty:
+        return done, 0
+    now = {r.rel_path: (r.file_bytes, r.file_mtime_ns) for r in records}
+    was = zip(done["path"], done["file_bytes"], done["file_mtime_ns"])
+    same = [path not in now or (not pd.isna(size) and not pd.isna(mtime) and now[path] == (int(size), int(mtime)))
+            for path, size, mtime in was]
+    kept = done[same].reset_index(drop=True)
+    changed = int(sum(1 for path, ok in zip(done["path"], same) if not ok and path in now))
+    return kept, changed
+
+
 def read_images_csv(path: Path) -> pd.DataFrame:
     """Rows of an images.csv, a last line cut off by a crash dropped."""
     text = path.read_text(encoding="utf-8")
@@ -110,7 +124,7 @@ def read_images_csv(path: Path) -> pd.DataFrame:
     rows = list(csv.DictReader(io.StringIO(text)))
     table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
     table["probability"] = pd.to_numeric(table["probability"], errors="coerce")
-    for column in ("width", "height", "heatmap_peak_x", "heatmap_peak_y"):
+    for column in ("width", "height", "heatmap_peak_x", "heatmap_peak_y", "file_bytes", "file_mtime_ns"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
     return table
 
@@ -196,6 +210,7 @@ def _run_record(config, loaded, runtime, workers, heatmap_method, discovery, ima
         "started": started,
         "config": config.to_dict(),
         "input_root": str(discovery.root),
+        "input_fingerprint": discovery.fingerprint,
         "model": {"name": loaded.config.name, "path": str(loaded.path.resolve()),
                   "weights_sha256": loaded.weights_sha256, "config": loaded.config.to_dict()},
         "runtime": {"device": str(runtime.device), "precision": runtime.precision, "reason": runtime.reason,
@@ -229,7 +244,7 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
     started, clock = _now(), time.perf_counter()
     loaded = load_model(resolve_model_dir(config.model))
     runtime = create_runtime(config.device, config.precision, loaded.config.precision_checks)
-    discovery = discover(config.input, include_phi=config.include_phi)
+    discovery = discover(config.input, include_phi=config.include_phi, allow_modalities=config.allow_modality)
     shard = parse_shard(config.shard) if config.shard else None
     if shard is not None:
         discovery = replace(discovery, images=tuple(r for r in discovery.images if shard.holds(r.study_id)))
@@ -248,12 +263,17 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
 
 def _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, resume, notify, started, clock):
     """The part of score_folder that writes into the (locked) results folder."""
-    done = prepare_out_dir(out_dir, overwrite, resume, loaded.weights_sha256, discovery.root)
+    done, changed = unchanged_rows(prepare_out_dir(out_dir, overwrite, resume, loaded.weights_sha256, discovery.root),
+                                   discovery.images)
+    if config.pdf and len(done):  # rows scored without --pdf have no thumbnails: score them again for the PDF
+        store = ThumbStore(out_dir)
+        done = done[[store.get(path) is not None for path in done["path"]]].reset_index(drop=True)
     write_json({**_start_record(config, loaded, started), "input_root": str(discovery.root)}, out_dir / "run.json")
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     notify(ProgressEvent("start", len(done), len(discovery.images),
                          f"Scoring {len(discovery.images)} images with {loaded.config.name} on {runtime.reason}"
-                         + (f" ({len(done)} already done, resuming)" if len(done) else "")))
+                         + (f" ({len(done)} already done, resuming)" if len(done) else "")
+                         + (f"; {changed} changed since they were scored, scored again" if changed else "")))
     t_model = time.perf_counter()
     images, heatmap_method = _run_model(config, discovery.images, loaded, runtime, workers, out_dir, done, notify)
     seconds_model = time.perf_counter() - t_model
@@ -265,7 +285,7 @@ def _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, r
     failures = [(p, e) for p, e in zip(images["path"], images["error"]) if e]
     run = _run_record(config, loaded, runtime, workers, heatmap_method, discovery, images, studies, method,
                       threshold, started, seconds_model)
-    run["resumed_images"] = len(done)
+    run["resumed_images"], run["resumed_changed_images"] = len(done), changed
     run["shard"] = {"index": shard.index, "count": shard.count} if shard else None
     report_error = _report(config, run, images, studies, out_dir, files, notify, keep_thumbnails=shard is not None)
     run["status"], run["finished"], run["report_error"] = "finished", _now(), report_error

@@ -113,6 +113,7 @@ def model_config_for(config: TrainConfig) -> ModelConfig:
         mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
     return ModelConfig(architecture=config.arch, input_size=(config.in_chans, config.img_size, config.img_size),
                        mean=mean, std=std, resize=config.resize, output_stride=config.output_stride,
+                       pooling=config.pooling,
                        name=config.name or Path(config.out_dir).name,
                        positive_class=config.positive_class, negative_class=config.negative_class, task=config.task)
 

@@ -43,9 +43,10 @@ def _energy_outside(trainer: Trainer, batch: dict) -> float:
     return float((maps * ~covered).sum() / maps.sum().clamp_min(1e-12))
 
 
-def _trainer(box_weight: float, tmp_path) -> Trainer:
+def _trainer(box_weight: float, tmp_path, pooling: str = "avg") -> Trainer:
     torch.manual_seed(0)
-    cfg = ModelConfig(architecture="test_efficientnet", input_size=(1, SIZE, SIZE), mean=(0.5,), std=(0.5,))
+    cfg = ModelConfig(architecture="test_efficientnet", input_size=(1, SIZE, SIZE), mean=(0.5,), std=(0.5,),
+                      pooling=pooling)
     config = TrainConfig(data="-", out_dir=str(tmp_path), arch="test_efficientnet", img_size=SIZE, lr=3e-3,
                          freeze_epochs=0, boxes="boxes.csv", box_loss_weight=box_weight)
     trainer = Trainer(config, create_model(cfg), cfg, Runtime(torch.device("cpu"), "fp32", "test"))
@@ -53,9 +54,10 @@ def _trainer(box_weight: float, tmp_path) -> Trainer:
     return trainer
 
 
-def test_box_loss_pulls_the_heatmap_into_the_box(tmp_path):
+@pytest.mark.parametrize("pooling", ["avg", "lse"])
+def test_box_loss_pulls_the_heatmap_into_the_box(tmp_path, pooling):
     batch = _toy_batch(np.random.default_rng(0))
-    supervised, plain = _trainer(1.0, tmp_path), _trainer(0.0, tmp_path)
+    supervised, plain = _trainer(1.0, tmp_path, pooling), _trainer(0.0, tmp_path, pooling)
     before = _energy_outside(supervised, batch)
     box_losses = []
     for _ in range(12):

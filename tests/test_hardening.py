@@ -362,3 +362,112 @@ def test_resume_refuses_another_input_and_retries_failed_rows(tmp_path, tiny_mod
     row = again.images.set_index("path").loc["XR_HAND/patient00009/study1_negative/image1.png"]
     assert row["error"] == "" and 0 <= row["probability"] <= 1
     assert len(again.images) == len(first.images)
+
+
+def test_resume_scores_again_an_image_changed_in_place(tmp_path, tiny_model, mura_folder):
+    out = tmp_path / "out"
+    config = ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0)
+    first = score_folder(config)
+    rows = first.images.set_index("path")
+    changed = sorted(rows.index)[0]
+    assert rows.loc[changed, "file_bytes"] == (mura_folder / changed).stat().st_size
+    save_png8(radiograph(99, height=120, width=60), mura_folder / changed)  # same name, another picture
+    os.utime(mura_folder / changed, ns=(1_000_000_000, 1_000_000_000))
+    again = score_folder(config, resume=True)
+    fresh = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "fresh"), model=str(tiny_model),
+                                     workers=0))
+    assert again.run["resumed_changed_images"] == 1 and again.run["resumed_images"] == len(first.images) - 1
+    pd.testing.assert_series_equal(again.images["probability"], fresh.images["probability"])
+    assert again.images.set_index("path").loc[changed, "height"] == 120
+    assert again.images.set_index("path").loc[changed, "probability"] != rows.loc[changed, "probability"]
+
+
+def test_resume_scores_again_rows_written_without_a_fingerprint(tmp_path, tiny_model, mura_folder):
+    out = tmp_path / "out"
+    config = ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0)
+    first = score_folder(config)
+    old = pd.read_csv(out / "images.csv").drop(columns=["file_bytes", "file_mtime_ns"])  # an older release's file
+    old.to_csv(out / "images.csv", index=False)
+    again = score_folder(config, resume=True)
+    assert again.run["resumed_images"] == 0 and again.run["resumed_changed_images"] == len(first.images)
+    assert again.images["file_mtime_ns"].notna().all()
+
+
+def test_names_that_are_not_utf8_or_hold_line_breaks_round_trip(tmp_path, tiny_model):
+    folder = tmp_path / "names"
+    names = {os.fsdecode(b"\xff\xfe.png"): "\\xff\\xfe.png", "car\rriage.png": "car\\rriage.png",
+             "new\nline.png": "new\\nline.png", "plain é.png": "plain é.png"}
+    for seed, name in enumerate(names):
+        save_png8(radiograph(seed), Path(os.fsdecode(folder)) / name)
+    config = ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0)
+    first = score_folder(config)
+    assert first.exit_code == 0
+    table = pd.read_csv(tmp_path / "out" / "images.csv")  # valid UTF-8, one row per image
+    assert sorted(table["path"]) == sorted(names.values()) and table["probability"].notna().all()
+    again = score_folder(config, resume=True)  # the written names find their rows again
+    assert again.run["resumed_images"] == len(names) and again.run["resumed_changed_images"] == 0
+
+
+def test_non_radiograph_modalities_get_a_reason_unless_allowed(tmp_path, tiny_model, rg3_files):
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(rg3_files[0], folder / "cr.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
+    config = ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0)
+    result = score_folder(config)
+    rows = result.images.set_index("path")
+    assert result.exit_code == ExitCode.PARTIAL
+    assert rows.loc["cr.dcm", "error"] == "" and 0 <= rows.loc["cr.dcm", "probability"] <= 1
+    assert rows.loc["ct.dcm", "error"] == ("modality CT (computed tomography) is not a radiograph; "
+                                           "--allow-modality CT scores it anyway")
+    assert rows.loc["mr.dcm", "error"].startswith("modality MR (magnetic resonance)")
+    allowed = score_folder(ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out2"), model=str(tiny_model),
+                                       workers=0, allow_modality=("CT",)))
+    rows = allowed.images.set_index("path")
+    assert rows.loc["ct.dcm", "error"] == "" and rows.loc["mr.dcm", "error"] != ""
+
+
+def test_colour_photographs_are_refused_and_gray_rgb_is_not(tmp_path):
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "face.jpg")
+    gray = np.repeat((radiograph(1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    gray[:4, :4] = (255, 0, 0)  # a small coloured marker
+    Image.fromarray(gray).save(tmp_path / "rgb_radiograph.png")
+    with pytest.raises(DecodeError, match=r"face.jpg: a colour picture \(\d+\.\d% of its pixels coloured\)"):
+        decode_image(tmp_path / "face.jpg")
+    assert decode_image(tmp_path / "rgb_radiograph.png").shape == (90, 70)
+
+
+def test_multi_frame_dicom_decodes_its_first_frame_and_bounds_the_count(tmp_path, rg3_files):
+    ds = pydicom.dcmread(rg3_files[0])
+    frame = ds.pixel_array[:64, :64]
+    frames = np.stack([frame, frame[::-1], frame[:, ::-1]])
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 64, 64, 3
+    ds.PixelData = frames.tobytes()
+    ds.save_as(tmp_path / "frames.dcm")
+    single = pydicom.dcmread(rg3_files[0])
+    single.Rows, single.Columns = 64, 64
+    single.PixelData = np.ascontiguousarray(frame).tobytes()
+    single.save_as(tmp_path / "single.dcm")
+    np.testing.assert_array_equal(decode_image(tmp_path / "frames.dcm"), decode_image(tmp_path / "single.dcm"))
+    ds.NumberOfFrames = 50_000  # more than the file holds, and over the bound
+    ds.save_as(tmp_path / "claims.dcm")
+    with pytest.raises(DecodeError, match="declares 50,000 frames"):
+        decode_image(tmp_path / "claims.dcm")
+
+
+def test_resume_with_pdf_rescores_rows_that_have_no_thumbnail(tmp_path, tiny_model, mura_folder):
+    from pypdf import PdfReader
+
+    out = tmp_path / "out"
+    first = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0))
+    again = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0,
+                                     pdf=True), resume=True)
+    assert again.run["resumed_images"] == 0  # scored again: the first run kept no thumbnails
+    pd.testing.assert_series_equal(again.images["probability"], first.images["probability"])
+    pictures = sum(len(page.images) for page in PdfReader(out / "report.pdf").pages)
+    assert pictures >= len(first.images)

@@ -59,7 +59,60 @@ def test_merge_refuses_missing_or_mismatched_shards(tmp_path, tiny_model, resnet
     missing = runner.invoke(app, ["merge", str(tmp_path / "s0"), "--out", str(tmp_path / "m")])
     assert missing.exit_code == 1 and "shards 1/3, 2/3 missing" in missing.output
     mixed = runner.invoke(app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
-    assert mixed.exit_code == 1 and "another model" in mixed.output
+    assert mixed.exit_code == 1 and "scored with other settings" in mixed.output and "weights_sha256" in mixed.output
+
+
+def _merge(*args):
+    return runner.invoke(app, ["merge", *map(str, args)])
+
+
+def test_merge_refuses_damaged_overlapping_or_foreign_shards_in_one_line(tmp_path, tiny_model, rg3_files):
+    import json
+    import shutil
+
+    data = archive(tmp_path / "data", rg3_files)
+    other = tmp_path / "elsewhere" / "data"  # another input with the same folder name
+    shutil.copytree(data, other)
+    save_png8(radiograph(7), other / "extra.png")
+
+    def shard(name, source, index, *extra):
+        result = runner.invoke(app, ["score", str(source), "--out", str(tmp_path / name), "--shard", f"{index}/2",
+                                     "--model", str(tiny_model), "--workers", "0", "-q", *extra])
+        assert result.exit_code in (0, 3), result.output
+        return tmp_path / name
+
+    s0, s1 = shard("s0", data, 0), shard("s1", data, 1)
+    assert _merge(s0, s1, "--out", tmp_path / "ok").exit_code == 3  # the broken file; all else fine
+    again = _merge(s0, s1, "--out", tmp_path / "ok")
+    assert again.exit_code == 1 and "pass --overwrite" in again.output
+    assert _merge(s0, s1, "--out", tmp_path / "ok", "--overwrite").exit_code == 3
+    assert "is one of the shards" in _merge(s0, s1, "--out", s0).output
+    assert "--pdf" in _merge(s0, s1, "--out", tmp_path / "p", "--pdf").output and not (tmp_path / "p").exists()
+
+    foreign = shard("foreign", other, 1)
+    assert "other settings" in _merge(s0, foreign, "--out", tmp_path / "m").output
+    plain = shard("plain", data, 1, "--no-heatmaps")
+    refused = _merge(s0, plain, "--out", tmp_path / "m")
+    assert refused.exit_code == 1 and "config (heatmaps)" in refused.output
+
+    dup = tmp_path / "dup"
+    shutil.copytree(s0, dup)
+    run = json.loads((dup / "run.json").read_text())
+    run["shard"]["index"], run["config"]["shard"] = 1, "1/2"
+    (dup / "run.json").write_text(json.dumps(run))
+    assert "overlapping shards" in _merge(s0, dup, "--out", tmp_path / "m").output
+
+    cut = tmp_path / "cut"
+    shutil.copytree(s1, cut)
+    lines = (cut / "images.csv").read_text().splitlines(keepends=True)
+    (cut / "images.csv").write_text("".join(lines[:-1]))
+    assert "damaged or truncated" in _merge(s0, cut, "--out", tmp_path / "m").output
+    (cut / "studies.csv").unlink()
+    assert "studies.csv is missing" in _merge(s0, cut, "--out", tmp_path / "m").output
+    (cut / "run.json").write_text("[1, 2]")
+    odd = _merge(s0, cut, "--out", tmp_path / "m")
+    assert odd.exit_code == 1 and "not a finished" in odd.output and "Traceback" not in odd.output
+    assert not (tmp_path / "m").exists()  # nothing written by a refused merge
 
 
 def test_shard_parsing_and_stability():

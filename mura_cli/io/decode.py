@@ -16,7 +16,7 @@ import pydicom
 from pydicom import uid
 from pydicom.dataset import FileMetaDataset
 from PIL import Image, ImageOps
-from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
 
 from mura_cli.errors import DecodeError
 from mura_cli.io import sniff
@@ -26,6 +26,14 @@ from mura_cli.io import sniff
 MAX_PIXELS = 80_000_000
 
 # default window when a DICOM image carries no VOI information: these percentiles of its values
+# a multi-frame DICOM is scored on its first frame, the only one decoded; a header declaring more frames
+# than this is refused (a bound on what reading the file may cost, whatever it claims)
+MAX_FRAMES = 10_000
+# a PNG/JPEG in which more than this share of pixels is clearly coloured is a photograph or a rendering,
+# not a radiograph (radiographs stored as RGB have R = G = B, a few coloured markers stay far below it)
+MAX_COLOURED_SHARE = 0.05
+_COLOURED = 32  # max - min over R, G, B (0-255) from which a pixel counts as coloured
+
 DEFAULT_WINDOW_PERCENTILES = (0.5, 99.5)
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -41,6 +49,8 @@ def decode_image(path: str | Path) -> np.ndarray:
         image = _decode_dicom(path) if kind == sniff.DICOM else _decode_raster(path)
     except DecodeError:
         raise
+    except ColourPicture as exc:
+        raise DecodeError(str(path), str(exc)) from None
     except sniff.NotRegularFile as exc:
         raise DecodeError(str(path), str(exc)) from None
     except FileNotFoundError:
@@ -87,6 +97,8 @@ def _raster_to_gray(img: Image.Image) -> np.ndarray:
     if mode == "F":
         return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
     if mode != "L":
+        if mode not in ("1", "LA", "La"):
+            _refuse_colour(np.asarray(img.convert("RGB").reduce(4) if min(img.size) >= 64 else img.convert("RGB")))
         img = img.convert("L")  # RGB, RGBA, P, LA, 1, CMYK: luminance, alpha ignored
     return np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
 
@@ -109,15 +121,15 @@ def _dicom_pixels(path: Path) -> np.ndarray:
         kind = str(ds.get("SOPClassUID", "unknown SOP class"))
         name = getattr(ds.get("SOPClassUID"), "name", kind)
         raise DecodeError(str(path), f"DICOM without pixel data ({name})")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > MAX_FRAMES:
+        raise DecodeError(str(path), f"declares {frames:,} frames, over the limit of {MAX_FRAMES:,} (refused)")
     try:
-        pixels = ds.pixel_array
+        pixels = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array  # multi-frame: only frame 1
     except (NotImplementedError, RuntimeError) as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
         raise DecodeError(str(path), f"cannot decompress {name} ({exc})") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]  # multi-frame: the first frame is scored
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if pixels.ndim == 3:  # colour (RGB or YBR converted to RGB by pydicom): luminance, no LUTs
         return _colour_to_gray(pixels, ds)
@@ -144,7 +156,20 @@ def _ensure_transfer_syntax(ds) -> None:
     ds.file_meta.TransferSyntaxUID = syntax
 
 
+def _refuse_colour(rgb: np.ndarray) -> None:
+    """DecodeError (without a path; decode_image adds it) for a clearly coloured picture."""
+    rgb = rgb.astype(np.int16)
+    share = float(((rgb.max(axis=-1) - rgb.min(axis=-1)) >= _COLOURED).mean())
+    if share > MAX_COLOURED_SHARE:
+        raise ColourPicture(f"a colour picture ({share:.1%} of its pixels coloured), not a radiograph")
+
+
+class ColourPicture(ValueError):
+    """A photograph or rendering where a grayscale radiograph was expected."""
+
+
 def _colour_to_gray(pixels: np.ndarray, ds) -> np.ndarray:
+    _refuse_colour((pixels.astype(np.float64) * (255.0 / float(np.max(pixels) or 1))).astype(np.uint8))
     bits = int(ds.get("BitsStored", 8) or 8)
     rgb = pixels.astype(np.float64) / float(2**bits - 1)
     gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114

@@ -7,6 +7,7 @@ part, patient and label. No patient demographics are read from DICOM.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -18,11 +19,12 @@ from pydicom.errors import InvalidDicomError
 from mura_cli import choices
 from mura_cli.errors import InputError
 from mura_cli.io import sniff
+from mura_cli.io.names import printable_name
 
 _MURA_PART = re.compile(r"^XR_([A-Z]+)$", re.IGNORECASE)
 _MURA_PATIENT = re.compile(r"^patient(\d+)$", re.IGNORECASE)
 _MURA_STUDY = re.compile(r"^study(\d+)_(positive|negative)$", re.IGNORECASE)
-_DICOM_TAGS = ["StudyInstanceUID", "BodyPartExamined"]
+_DICOM_TAGS = ["StudyInstanceUID", "BodyPartExamined", "Modality"]
 _PHI_TAGS = ["PatientID"]  # read only with include_phi
 
 
@@ -36,6 +38,10 @@ class ImageRecord:
     body_part: str = ""
     label: int | None = None  # 1 abnormal/positive, 0 normal/negative, None unknown
     error: str = ""  # set when the file could not even be indexed
+    # what the file was when found (links followed): `score --resume` re-scores an image whose size or
+    # modification time changed since its row was written; -1 where unknown
+    file_bytes: int = -1
+    file_mtime_ns: int = -1
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,9 @@ class Discovery:
     images: tuple[ImageRecord, ...]
     skipped: int = 0  # hidden files and files that are not images
     skipped_examples: tuple[str, ...] = field(default=())
+    # sha256 over every found image's relative name and size: the same input gives the same value on any
+    # machine or mount point (what `merge` compares between shards, which each see the whole input)
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,12 +114,13 @@ def _walk(root: Path, unreadable: list):
 def _folder_study(rel_folder: str, root: Path, mura: MuraPath) -> str:
     if mura.study and mura.body_part and mura.patient_id:
         return f"XR_{mura.body_part}/{mura.patient_id}/{mura.study}"
-    return rel_folder if rel_folder != "." else root.name
+    return rel_folder if rel_folder != "." else printable_name(root.name)
 
 
-def _record(path: Path, root: Path, kind: str, include_phi: bool = False) -> ImageRecord:
-    rel = path.relative_to(root).as_posix()
-    rel_folder = path.parent.relative_to(root).as_posix()
+def _record(path: Path, root: Path, kind: str, include_phi: bool = False,
+            allowed: frozenset[str] = frozenset()) -> ImageRecord:
+    rel = printable_name(path.relative_to(root).as_posix())
+    rel_folder = printable_name(path.parent.relative_to(root).as_posix())
     mura = parse_mura_path(path.parts)
     record = ImageRecord(
         path=path,
@@ -125,19 +135,33 @@ def _record(path: Path, root: Path, kind: str, include_phi: bool = False) -> Ima
         return replace(record, error="broken symbolic link or link loop")
     try:
         problem = sniff.regular_file_problem(path)
+        found = path.stat()
     except OSError as exc:
         problem = "permission denied" if isinstance(exc, PermissionError) else f"cannot be looked at ({exc})"
     if problem:
         return replace(record, error=problem)
-    return _with_dicom_header(record, include_phi) if kind == "dicom" else record
+    record = replace(record, file_bytes=found.st_size, file_mtime_ns=found.st_mtime_ns)
+    return _with_dicom_header(record, include_phi, allowed) if kind == "dicom" else record
 
 
-def _with_dicom_header(record: ImageRecord, include_phi: bool) -> ImageRecord:
+def modality_problem(modality: str, allowed: frozenset[str]) -> str:
+    """Why a DICOM of this Modality is not scored ('' when it is: CR, DX, those allowed, or none given)."""
+    code = modality.strip().upper()
+    if not code or code in choices.RADIOGRAPH_MODALITIES or code in allowed:
+        return ""
+    name = choices.MODALITY_NAMES.get(code, "not a radiograph modality")
+    return f"modality {code} ({name}) is not a radiograph; --allow-modality {code} scores it anyway"
+
+
+def _with_dicom_header(record: ImageRecord, include_phi: bool, allowed: frozenset[str] = frozenset()) -> ImageRecord:
     tags = _DICOM_TAGS + (_PHI_TAGS if include_phi else [])
     try:
         ds = pydicom.dcmread(record.path, stop_before_pixels=True, force=True, specific_tags=tags)
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, AttributeError) as exc:
         return replace(record, error=_header_error(exc))
+    problem = modality_problem(str(ds.get("Modality", "") or ""), allowed)
+    if problem:
+        return replace(record, error=problem)
     uid = str(ds.get("StudyInstanceUID", "") or "").strip()
     part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     patient = str(ds.get("PatientID", "") or "").strip() if include_phi else ""
@@ -153,8 +177,10 @@ def _header_error(exc: Exception) -> str:
     return f"unreadable DICOM header ({type(exc).__name__}: {exc})"
 
 
-def discover(input_path: str | Path, include_phi: bool = False) -> Discovery:
-    """Every image below ``input_path`` (a folder or one file), in a stable order."""
+def discover(input_path: str | Path, include_phi: bool = False, allow_modalities=()) -> Discovery:
+    """Every image below ``input_path`` (a folder or one file), in a stable order. DICOM files of a
+    modality other than CR, DX and ``allow_modalities`` get a reason row instead of a score."""
+    allowed = frozenset(m.strip().upper() for m in allow_modalities)
     given = Path(input_path).expanduser()
     if not given.exists():
         raise InputError(f"{given}: no such file or folder")
@@ -163,20 +189,28 @@ def discover(input_path: str | Path, include_phi: bool = False) -> Discovery:
         kind = _file_kind(given)
         if kind is None:
             raise InputError(f"{given}: not a PNG, JPEG or DICOM file")
-        return Discovery(root=given.parent, images=(_record(given, given.parent, kind, include_phi),))
+        return Discovery(root=given.parent, images=(_record(given, given.parent, kind, include_phi, allowed),))
     images, skipped, examples, unreadable = [], 0, [], []
     for path, hidden in _walk(given, unreadable):
         kind = None if hidden else _file_kind(path)
         if kind is None:
             skipped += 1
             if len(examples) < 5:
-                examples.append(path.relative_to(given).as_posix())
+                examples.append(printable_name(path.relative_to(given).as_posix()))
             continue
-        images.append(_record(path, given, kind, include_phi))
+        images.append(_record(path, given, kind, include_phi, allowed))
     for folder, reason in unreadable:  # a row each, so that the run reports them and exits 3
-        rel = folder.relative_to(given).as_posix() if folder != given else "."
+        rel = printable_name(folder.relative_to(given).as_posix()) if folder != given else "."
         images.append(ImageRecord(path=folder, rel_path=rel + "/", kind="folder", study_id=rel, error=reason))
-    return Discovery(root=given, images=tuple(images), skipped=skipped, skipped_examples=tuple(examples))
+    return Discovery(root=given, images=tuple(images), skipped=skipped, skipped_examples=tuple(examples),
+                     fingerprint=input_fingerprint(images))
+
+
+def input_fingerprint(images) -> str:
+    digest = hashlib.sha256()
+    for record in images:
+        digest.update(f"{record.rel_path}\0{record.file_bytes}\n".encode("utf-8", "backslashreplace"))
+    return digest.hexdigest()
 
 
 def records_from_table(table) -> list[ImageRecord]:
