@@ -42,3 +42,4 @@ class ExitCode(IntEnum):
     FATAL = 1  # nothing could be scored, or a fatal error
     USAGE = 2  # bad command line
     PARTIAL = 3  # some images failed, the rest were scored and written
+    OUTPUT = 4  # the results could not be written (disk full, read-only, permission); finished rows are kept

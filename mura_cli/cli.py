@@ -15,7 +15,7 @@ from rich.table import Table
 
 from mura_cli import __version__, choices
 from mura_cli.choices import ExitCode
-from mura_cli.errors import MuraError
+from mura_cli.errors import MuraError, OutputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Abnormality scoring of musculoskeletal radiographs (MURA task). " + choices.RESEARCH_NOTICE)
@@ -127,6 +127,8 @@ def score(
     view = _ProgressView(quiet)
     try:
         result = score_folder(config, notify=view, overwrite=overwrite, resume=resume)
+    except OutputError as exc:
+        raise _fail(str(exc), ExitCode.OUTPUT) from None
     except MuraError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:

@@ -24,5 +24,9 @@ class DecodeError(MuraError):
         self.reason = reason
 
 
+class OutputError(MuraError):
+    """The results could not be written (full disk, read-only folder, no permission): exit code 4."""
+
+
 class ReportError(MuraError):
     """The PDF report could not be rendered (the CSV files are written regardless)."""

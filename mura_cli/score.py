@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import functools
 import io
 import json
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -25,7 +28,7 @@ from mura_cli.choices import ExitCode
 from mura_cli.config import ScoreConfig
 from mura_cli.data import default_workers
 from mura_cli.device import create_runtime
-from mura_cli.errors import InputError, ReportError
+from mura_cli.errors import InputError, OutputError, ReportError
 from mura_cli.io.discover import ImageRecord, discover
 from mura_cli.modeling import load_model, resolve_model_dir
 from mura_cli.predict import IMAGE_COLUMNS, BatchResult, Predictor, predict_records
@@ -77,8 +80,12 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, resume: bool, weights_sha256
         raise InputError(f"{out_dir}: holds results of an earlier run ({', '.join(existing)}); pass --resume to "
                          "finish an interrupted run, --overwrite to replace them, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in existing:
-        (out_dir / name).unlink()
+    if existing:  # --overwrite: set aside, deleted only once the new run has finished (score_folder)
+        previous = out_dir / PREVIOUS_FOLDER
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir()
+        for name in existing:
+            os.replace(out_dir / name, previous / name)
     ThumbStore(out_dir).clear()
     return pd.DataFrame(columns=IMAGE_COLUMNS)
 
@@ -256,9 +263,41 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
     out_dir = Path(config.out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
-    with folder_lock.hold(out_dir):
-        return _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, resume, notify,
-                           started, clock)
+    try:
+        with folder_lock.hold(out_dir):
+            result = _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, resume, notify,
+                                 started, clock)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise _output_failed(out_dir, exc, restore=overwrite) from None
+    shutil.rmtree(out_dir / PREVIOUS_FOLDER, ignore_errors=True)  # replaced results go once the run succeeded
+    return result
+
+
+# errors that mean "the results cannot be written here", as opposed to a bug
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+PREVIOUS_FOLDER = ".previous-results"  # what --overwrite replaces, kept until the new run has finished
+
+
+def _output_failed(out_dir: Path, exc: OSError, restore: bool) -> OutputError:
+    """Mark run.json failed (where the disk still allows it), put back the results that --overwrite was
+    replacing, and say in one line what could not be written and why."""
+    where = exc.filename or out_dir
+    message = f"{where}: cannot write the results ({exc.strerror or exc})"
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+        write_json({**record, "status": "failed", "error": message, "finished": _now()}, out_dir / "run.json")
+    previous = out_dir / PREVIOUS_FOLDER
+    if restore and previous.is_dir():
+        ThumbStore(out_dir).clear()
+        with contextlib.suppress(OSError):
+            for old in previous.iterdir():
+                os.replace(old, out_dir / old.name)
+            previous.rmdir()
+        return OutputError(f"{message}; the earlier results are back in place")
+    return OutputError(f"{message}; the images finished so far are kept in images.csv: make room (or fix the "
+                       "permission) and run the same command with --resume")
 
 
 def _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, resume, notify, started, clock):

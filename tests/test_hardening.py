@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import signal
@@ -471,3 +473,65 @@ def test_resume_with_pdf_rescores_rows_that_have_no_thumbnail(tmp_path, tiny_mod
     pd.testing.assert_series_equal(again.images["probability"], first.images["probability"])
     pictures = sum(len(page.images) for page in PdfReader(out / "report.pdf").pages)
     assert pictures >= len(first.images)
+
+
+def _no_space_for(name: str, real):
+    def write(table, path):
+        if Path(path).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(table, path)
+    return write
+
+
+def test_full_disk_is_one_line_exit_4_and_resume_finishes(tmp_path, tiny_model, mura_folder, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mura_cli.cli import app
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(score_module, "write_csv", _no_space_for("studies.csv", score_module.write_csv))
+    result = CliRunner().invoke(app, ["score", str(mura_folder), "--out", str(out), "--model", str(tiny_model),
+                                      "--workers", "0", "-q"])
+    assert result.exit_code == ExitCode.OUTPUT, result.output
+    assert "studies.csv: cannot write the results (No space left on device)" in result.output
+    assert "Traceback" not in result.output and "--resume" in result.output
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    images = len(list(mura_folder.rglob("*.png")))
+    assert len(pd.read_csv(out / "images.csv")) == images  # every finished row kept
+    monkeypatch.undo()
+    resumed = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0),
+                           resume=True)
+    assert resumed.run["status"] == "finished" and resumed.run["resumed_images"] == images
+
+
+def test_overwrite_keeps_the_old_results_when_the_new_run_cannot_be_written(tmp_path, tiny_model, mura_folder,
+                                                                            monkeypatch):
+    from mura_cli.errors import OutputError
+
+    out = tmp_path / "out"
+    config = ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0)
+    score_folder(config)
+    before = {name: (out / name).read_bytes() for name in ("images.csv", "studies.csv", "run.json")}
+    monkeypatch.setattr(score_module, "write_csv", _no_space_for("studies.csv", score_module.write_csv))
+    with pytest.raises(OutputError, match="the earlier results are back in place"):
+        score_folder(config, overwrite=True)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    monkeypatch.undo()
+    score_folder(config, overwrite=True)
+    assert not (out / score_module.PREVIOUS_FOLDER).exists()
+
+
+def test_read_only_results_folder_is_one_line(tmp_path, tiny_model, mura_folder, monkeypatch):
+    from mura_cli.errors import OutputError
+
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name == "ro":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(OutputError, match=r"ro: cannot write the results \(Read-only file system\)"):
+        score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "ro"), model=str(tiny_model),
+                                 workers=0))
