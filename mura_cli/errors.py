@@ -19,6 +19,7 @@ class DecodeError(MuraError):
     """One image could not be read; the run goes on without it."""
 
     def __init__(self, path: str, reason: str):
+        reason = " ".join(str(reason).split())  # one line, whatever the decoder's message held
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason

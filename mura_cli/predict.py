@@ -31,7 +31,7 @@ class BatchResult:
 
     def image_row(self, record: ImageRecord, k: int) -> dict:
         """The images.csv row of item k: probability or error, size, heatmap peak in original pixels."""
-        error = self.errors[k]
+        error = " ".join(self.errors[k].split())  # a reason is one line of images.csv and of the log
         row = {"path": record.rel_path, "study_id": record.study_id, "body_part": record.body_part,
                "probability": np.nan if error else float(self.probabilities[k]), "error": error,
                "width": pd.NA, "height": pd.NA, "heatmap_peak_x": pd.NA, "heatmap_peak_y": pd.NA,

@@ -535,3 +535,21 @@ def test_read_only_results_folder_is_one_line(tmp_path, tiny_model, mura_folder,
     with pytest.raises(OutputError, match=r"ro: cannot write the results \(Read-only file system\)"):
         score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "ro"), model=str(tiny_model),
                                  workers=0))
+
+
+def test_failure_reasons_are_one_line(tmp_path, tiny_model, mura_folder, monkeypatch):
+    assert DecodeError("a.png", "first line\nsecond line\r\n").reason == "first line second line"
+    real = score_module.discover
+
+    def with_odd_reason(*args, **kwargs):
+        found = real(*args, **kwargs)
+        first = found.images[0]
+        from dataclasses import replace as replaced
+
+        return replaced(found, images=(replaced(first, error="header:\n  bad\ttag"), *found.images[1:]))
+
+    monkeypatch.setattr(score_module, "discover", with_odd_reason)
+    result = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model),
+                                      workers=0))
+    assert "header: bad tag" in set(result.images["error"])
+    assert len((tmp_path / "out" / "images.csv").read_text().splitlines()) == len(result.images) + 1

@@ -3,9 +3,13 @@ exactly like one document: every study and picture present, in order, numbered "
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -165,3 +169,74 @@ def test_parts_work_from_a_script_without_a_main_guard(tmp_path):
 def test_css_strings_cannot_leave_their_quotes_or_the_style_element():
     value = css_string('a "quoted" \\ name </style><script>\nx')
     assert '"' not in value.replace('\\"', "") and "</style>" not in value and "\n" not in value
+
+
+def test_stale_part_folders_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
+    from mura_cli.report.parts import OWNER_FILE, PARTS_PREFIX
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, orphan, live = (tmp_path / f"{PARTS_PREFIX}{name}" for name in ("stale", "orphan", "live"))
+    for folder in (stale, orphan, live):
+        folder.mkdir()
+        (folder / "00000.pkl").write_bytes(b"left over")
+    (stale / OWNER_FILE).write_text(dead.stdout)  # a process that has ended (killed -9, say)
+    (live / OWNER_FILE).write_text(f"{os.getppid()}\n")  # a process that is running
+    render_parts([Part("<p>fine</p>", {})], tmp_path / "report.pdf", workers=1)
+    assert not stale.exists() and not orphan.exists() and live.exists()
+    assert (tmp_path / "report.pdf").is_file()
+
+
+def _worker(**kwargs):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, "-P", "-m", "mura_cli.report.worker"], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_a_worker_stays_silent_on_ctrl_c_and_ends_with_its_input():
+    worker = _worker()
+    time.sleep(1.5)  # imported and waiting for a job
+    worker.send_signal(signal.SIGINT)  # what Ctrl-C sends to the whole process group
+    time.sleep(0.3)
+    assert worker.poll() is None
+    out, err = worker.communicate("", timeout=30)
+    assert worker.returncode == 0 and err == "" and out == ""
+
+
+def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
+    """After kill -9 of the run, no worker lives on."""
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        env = {{**os.environ, "PYTHONPATH": {str(Path(__file__).resolve().parents[1])!r}}}
+        worker = subprocess.Popen([sys.executable, "-P", "-m", "mura_cli.report.worker"], env=env,
+                                  stdin=subprocess.PIPE)
+        # a second holder of the worker's stdin, so that its input does not end with the parent
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                  pass_fds=(worker.stdin.fileno(),))
+        print(worker.pid, holder.pid, flush=True)
+        time.sleep(600)
+    """))
+    parent = subprocess.Popen([sys.executable, str(launcher)], stdout=subprocess.PIPE, text=True)
+    pid, holder = map(int, parent.stdout.readline().split())
+    try:
+        time.sleep(1.5)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        assert not _alive(pid)
+    finally:
+        os.kill(holder, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (ended, not yet reaped by init) counts as ended
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -156,7 +157,9 @@ def modality_problem(modality: str, allowed: frozenset[str]) -> str:
 def _with_dicom_header(record: ImageRecord, include_phi: bool, allowed: frozenset[str] = frozenset()) -> ImageRecord:
     tags = _DICOM_TAGS + (_PHI_TAGS if include_phi else [])
     try:
-        ds = pydicom.dcmread(record.path, stop_before_pixels=True, force=True, specific_tags=tags)
+        with warnings.catch_warnings():  # pydicom's remarks on odd but readable headers are not the user's
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(record.path, stop_before_pixels=True, force=True, specific_tags=tags)
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, AttributeError) as exc:
         return replace(record, error=_header_error(exc))
     problem = modality_problem(str(ds.get("Modality", "") or ""), allowed)

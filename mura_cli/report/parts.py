@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from mura_cli.errors import ReportError
 from mura_cli.report.worker import answer
 
 MAX_WORKERS = 8
+PARTS_PREFIX = ".report-parts-"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class _Pool:
         self.folder = folder
         self.jobs: queue.Queue = queue.Queue(maxsize=workers)  # parts are built lazily: few wait in line
         self.answers: dict[str, str] = {}
+        self.processes: list[subprocess.Popen] = []
         self.threads = [threading.Thread(target=self._drive, daemon=True) for _ in range(workers)]
         for thread in self.threads:
             thread.start()
@@ -71,6 +74,7 @@ class _Pool:
 
     def _drive(self) -> None:
         process = self._start()
+        self.processes.append(process)
         try:
             while (line := self.jobs.get()) is not None:
                 try:
@@ -95,6 +99,12 @@ class _Pool:
             sent.append(line)
         self.jobs.join()
         return [(line, self.answers[line]) for line in sent]
+
+    def abort(self) -> None:
+        """Stop the workers now (the run was interrupted); their threads then drain and end."""
+        for process in list(self.processes):
+            if process.poll() is None:
+                process.kill()
 
     def close(self) -> None:
         for _ in self.threads:
@@ -127,6 +137,10 @@ def _render_all(parts: Iterable[Part], folder: Path, workers: int) -> list[Path]
         rendered = _checked(run(jobs))
         names = [Path(line.split("\t")[1]).with_suffix(".pdf").name for line, _ in rendered]
         _checked(run(_number_jobs(names, [int(text.split()[1]) for _, text in rendered])))
+    except BaseException:  # Ctrl-C, SIGTERM or a failure: no worker goes on rendering
+        if pool is not None:
+            pool.abort()
+        raise
     finally:
         if pool is not None:
             pool.close()
@@ -166,10 +180,33 @@ def join_parts(files: list[Path], path: Path) -> Path:
     return path
 
 
+OWNER_FILE = "owner.pid"
+
+
+def remove_stale_parts(folder: Path) -> None:
+    """Part folders left by a run that was killed (-9) while writing its PDF: those whose owner process
+    (its pid in owner.pid) is gone, or that have no owner file."""
+    for stale in folder.glob(PARTS_PREFIX + "*"):
+        if stale.is_dir() and not stale.is_symlink() and not _owner_alive(stale / OWNER_FILE):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _owner_alive(owner: Path) -> bool:
+    try:
+        os.kill(int(owner.read_text(encoding="utf-8").strip()), 0)
+    except PermissionError:  # alive, another user's process
+        return True
+    except (OSError, ValueError):  # gone, or no readable owner file
+        return False
+    return True
+
+
 def render_parts(parts: Iterable[Part], path: Path, workers: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".report-parts-", dir=path.parent) as folder:
+    remove_stale_parts(path.parent)
+    with tempfile.TemporaryDirectory(prefix=PARTS_PREFIX, dir=path.parent) as folder:
+        (Path(folder) / OWNER_FILE).write_text(f"{os.getpid()}\n", encoding="utf-8")
         files = _render_all(parts, Path(folder), workers)
         if not files:
             raise ReportError("PDF not written: the report has no content")

@@ -6,8 +6,12 @@ a user's own script is never re-imported by the workers."""
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from mura_cli.errors import ReportError
@@ -64,7 +68,19 @@ def answer(line: str, folder: Path) -> str:
     return " ".join(text.split())
 
 
+def _leave_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker when the process that started it is gone (killed with -9, say), even mid-job."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 def main() -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it (and stops its workers), so the
+    # workers stay silent instead of printing a traceback each; they end when their stdin closes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_leave_with_parent, args=(os.getppid(),), daemon=True).start()
     for line in sys.stdin:
         sys.stdout.write(answer(line, Path.cwd()) + "\n")
         sys.stdout.flush()
