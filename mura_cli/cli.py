@@ -103,8 +103,7 @@ def score(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Score every radiograph below INPUT; write images.csv, studies.csv, run.json (and report.pdf)."""
-    from mura_cli.config import ScoreConfig
-    from mura_cli.score import score_folder
+    from mura_cli.config import ScoreConfig  # torch is imported only once the options are known to be valid
 
     if aggregate is not None and aggregate not in choices.AGGREGATIONS:
         raise typer.BadParameter(f"expected one of {', '.join(choices.AGGREGATIONS)}", param_hint="--aggregate")
@@ -124,6 +123,8 @@ def score(
     if include_phi:
         err.print("[yellow]warning:[/] --include-phi puts DICOM PatientID into the patient_id column of "
                   "studies.csv; do not share that file outside your institution")
+    from mura_cli.score import score_folder
+
     view = _ProgressView(quiet)
     try:
         result = score_folder(config, notify=view, overwrite=overwrite, resume=resume)
@@ -236,7 +237,6 @@ def train(
 ) -> None:
     """Fine-tune a timm model; write a model folder that `score` and `evaluate` take."""
     from mura_cli.config import TrainConfig
-    from mura_cli.train import train as run_training
 
     try:
         config = TrainConfig(data=str(data), out_dir=str(out), arch=arch, img_size=img_size, in_chans=in_chans,
@@ -251,6 +251,7 @@ def train(
                              negative_class=negative_class, task=task)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    from mura_cli.train import train as run_training
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 talks
     view = _TrainView(quiet)
     try:
@@ -291,13 +292,16 @@ def evaluate(
 ) -> None:
     """Judge a model: AUROC, kappa, sensitivity, specificity (with 95% CIs) per body part, and more."""
     from mura_cli.config import EvalConfig
-    from mura_cli.evaluate import evaluate as run_evaluation
 
-    config = EvalConfig(data=str(data), out_dir=str(out), model=model, split=split, device=device,
-                        precision=precision, batch_size=batch_size, workers=workers,
-                        boxes=str(boxes) if boxes else None, bootstrap=bootstrap, seed=seed,
-                        target_sensitivity=target_sensitivity, pdf=pdf, tta=tta,
-                        pointing_tolerance=pointing_tolerance, deletion=deletion)
+    try:
+        config = EvalConfig(data=str(data), out_dir=str(out), model=model, split=split, device=device,
+                            precision=precision, batch_size=batch_size, workers=workers,
+                            boxes=str(boxes) if boxes else None, bootstrap=bootstrap, seed=seed,
+                            target_sensitivity=target_sensitivity, pdf=pdf, tta=tta,
+                            pointing_tolerance=pointing_tolerance, deletion=deletion)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    from mura_cli.evaluate import evaluate as run_evaluation
     view = _ProgressView(quiet)
     try:
         result = run_evaluation(config, notify=view, overwrite=overwrite)

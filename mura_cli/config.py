@@ -289,6 +289,8 @@ class EvalConfig:
             raise ValueError("bootstrap must be at least 1")
         if not 0.0 < self.target_sensitivity < 1.0:
             raise ValueError("target_sensitivity must be between 0 and 1")
+        if self.precision not in choices.PRECISIONS:
+            raise ValueError(f"precision must be one of {list(choices.PRECISIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -121,3 +121,15 @@ def test_models_lists_user_models_with_held_out_metrics(tmp_path, tiny_model, mo
     assert result.exit_code == 0, result.output
     assert "good" in result.output and "0.931 [0.900-0.960]" in result.output and "0.800 / 0.850" in result.output
     assert "broken" in result.output and "threshold" in result.output
+
+
+@pytest.mark.parametrize("args", [["score", ".", "--precision", "foo"], ["score", ".", "--tta", "mirror"],
+                                  ["score", ".", "--allow-modality", "C T"], ["train", ".", "--out", "m", "--in-chans", "2"],
+                                  ["train", ".", "--out", "m", "--pooling", "max"],
+                                  ["evaluate", ".", "--precision", "foo"]])
+def test_invalid_values_exit_2_before_torch_is_imported(args):
+    probe = ("import sys\nfrom typer.testing import CliRunner\nfrom mura_cli.cli import app\n"
+             f"result = CliRunner().invoke(app, {args!r})\n"
+             "print(result.exit_code, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
