@@ -23,6 +23,11 @@ err = Console(stderr=True, highlight=False)
 MAX_FAILURE_LINES = 20
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    """'a, b' -> ('a', 'b')."""
+    return tuple(name.strip() for name in (text or "").split(",") if name.strip())
+
+
 def _fail(message: str, code: ExitCode = ExitCode.FATAL) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(int(code))
@@ -227,7 +232,8 @@ def train(
     brightness: float = typer.Option(0.2),
     contrast: float = typer.Option(0.2),
     scale: float = typer.Option(0.1, help="Random zoom, +- fraction."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (the same options; the checkpoint's recipe is checked)."),
+    resume_changes: Optional[str] = typer.Option(None, "--resume-changes", help="With --resume: recipe fields that may differ from the checkpoint's run, of epochs and patience (e.g. epochs,patience)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Decode each image once into a memory-mapped cache ($MURA_CLI_CACHE, default ~/.cache/mura-cli/decoded)."),
     name: str = typer.Option("", help="Model name (default: the folder name)."),
     positive_class: str = typer.Option("abnormal", "--positive-class", help="Meaning of label 1."),
@@ -247,7 +253,7 @@ def train(
                              output_stride=output_stride, pooling=pooling, boxes=str(boxes) if boxes else None,
                              box_loss_weight=box_loss_weight, box_grow=box_grow, box_loss_from=box_loss_from,
                              flip=flip, rotate=rotate, brightness=brightness, contrast=contrast, scale=scale,
-                             resume=resume, cache=cache, name=name, positive_class=positive_class,
+                             resume=resume, resume_changes=_names(resume_changes), cache=cache, name=name, positive_class=positive_class,
                              negative_class=negative_class, task=task)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

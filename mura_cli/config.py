@@ -227,6 +227,7 @@ class TrainConfig:
     contrast: float = 0.2
     scale: float = 0.1
     resume: bool = False
+    resume_changes: tuple[str, ...] = ()  # recipe fields --resume may change (epochs, patience)
     cache: bool = True  # decode each image once into a memory-mapped uint8 cache (see mura_cli.cache)
     name: str = ""
     positive_class: str = "abnormal"  # what the model's probability is the probability of
@@ -252,6 +253,9 @@ class TrainConfig:
             raise ValueError(f"pooling must be one of {list(choices.POOLINGS)}")
         if self.box_loss_weight < 0 or self.box_grow < 0:
             raise ValueError("box_loss_weight and box_grow must be 0 or more")
+        bad = sorted(set(self.resume_changes) - {"epochs", "patience"})
+        if bad:
+            raise ValueError(f"resume_changes may name epochs and patience, not {', '.join(bad)}")
         if not 0 <= self.box_loss_from < self.epochs:
             raise ValueError("box_loss_from must be an epoch of the run (0 to epochs - 1)")
 

@@ -225,7 +225,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "epoch": self.epoch, "best_metric": float(self.best_metric), "best_epoch": self.best_epoch,
-                "best_state": self.best_state, "bad_epochs": self.bad_epochs, "history": self.history}
+                "best_state": self.best_state, "bad_epochs": self.bad_epochs, "history": self.history,
+                "recipe": self.config.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -347,7 +348,9 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     model_cfg = model_config_for(config)
     trainer = Trainer(config, training_io.initial_model(config, model_cfg), model_cfg, runtime, dist_info)
     if config.resume:
-        trainer.load_state_dict(training_io.load_checkpoint(out_dir))
+        state = training_io.load_checkpoint(out_dir)
+        training_io.check_same_recipe(state.get("recipe"), config, out_dir)
+        trainer.load_state_dict(state)
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     weights = class_weights(train_rows, config.class_weights)
     augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)

@@ -74,3 +74,26 @@ def write_model_dir(model, model_cfg: ModelConfig, config: TrainConfig, log: pd.
         counts=pool.groupby(["side", "body_part", "label"]).size().rename("n").reset_index().to_dict("records"),
         config_json=json.dumps(config.to_dict(), indent=2))
     atomic_write_bytes(out_dir / CARD_FILE, card.encode("utf-8"))
+
+
+# what may differ between a run and its --resume: where and how it runs, not what it learns
+RESUME_FREE_FIELDS = frozenset({"resume", "workers", "device", "cache", "out_dir"})
+# what may differ only when asked for (--resume-changes): making a run longer or more patient
+RESUME_CHANGEABLE_FIELDS = frozenset({"epochs", "patience"})
+
+
+def check_same_recipe(recipe: dict | None, config, out_dir: Path) -> None:
+    """MuraError naming each recipe field in which ``config`` differs from the checkpoint's run (a
+    checkpoint from before recipes were stored is not checked)."""
+    if not recipe:
+        return
+    now = config.to_dict()
+    allowed = RESUME_FREE_FIELDS | (RESUME_CHANGEABLE_FIELDS & set(config.resume_changes)) | {"resume_changes"}
+    differ = [key for key in sorted(set(recipe) | set(now)) if key not in allowed and recipe.get(key) != now.get(key)]
+    if differ:
+        listed = ", ".join(f"{key} ({recipe.get(key)!r} -> {now.get(key)!r})" for key in differ)
+        hint = [k for k in differ if k in RESUME_CHANGEABLE_FIELDS]
+        extra = f"; --resume-changes {','.join(hint)} allows {'that' if len(hint) == 1 else 'those'}" if hint else ""
+        raise MuraError(f"{out_dir}: the checkpoint was trained with another recipe: {listed}; resume with the "
+                        f"same options{extra}")
+

@@ -76,6 +76,29 @@ def test_resume_after_interruption_gives_the_same_weights(learnable_folder, tmp_
     assert resumed.log["epoch"].tolist() == [1, 2, 3]
 
 
+def test_resume_refuses_another_recipe_and_names_the_fields(learnable_folder, tmp_path):
+    from mura_cli.errors import MuraError
+
+    data = learnable_mura(tmp_path / "data", patients=12, seed=6)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(event):
+        if event.stage == "epoch" and event.epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(tiny_train_config(data, tmp_path / "run", epochs=2), notify=stop_after_first_epoch)
+    with pytest.raises(MuraError, match=r"another recipe: lr \(0\.003 -> 0\.01\), rotate \(10\.0 -> 0\.0\)"):
+        train(tiny_train_config(data, tmp_path / "run", epochs=2, lr=1e-2, rotate=0.0, resume=True))
+    with pytest.raises(MuraError, match="--resume-changes epochs allows that"):
+        train(tiny_train_config(data, tmp_path / "run", epochs=3, resume=True))
+    longer = train(tiny_train_config(data, tmp_path / "run", epochs=3, resume=True, resume_changes=("epochs",),
+                                     workers=1))  # workers may differ freely
+    assert longer.log["epoch"].tolist() == [1, 2, 3]
+
+
 def test_train_refuses_to_overwrite_without_resume(trained, learnable_folder):
     from mura_cli.errors import MuraError
 
