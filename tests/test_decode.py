@@ -14,7 +14,7 @@ from conftest import radiograph, save_png8, save_png16
 
 
 def test_16bit_png_keeps_its_full_range(tmp_path):
-    values = np.array([[0, 1000, 40000, 65535]], dtype=np.uint16)
+    values = np.tile(np.array([[0, 1000, 40000, 65535]], dtype=np.uint16), (32, 8))  # 32 x 32
     path = tmp_path / "deep.png"
     Image.fromarray(values).save(path)
     decoded = decode_image(path)

@@ -26,6 +26,9 @@ from mura_cli.io import sniff
 MAX_PIXELS = 80_000_000
 
 # default window when a DICOM image carries no VOI information: these percentiles of its values
+# an image smaller than this on its short side holds no radiograph (a 1x1 PNG, an icon): a reason row,
+# not a probability
+MIN_SIDE = 32
 # a multi-frame DICOM is scored on its first frame, the only one decoded; a header declaring more frames
 # than this is refused (a bound on what reading the file may cost, whatever it claims)
 MAX_FRAMES = 10_000
@@ -63,6 +66,10 @@ def decode_image(path: str | Path) -> np.ndarray:
         raise DecodeError(str(path), f"cannot decode ({type(exc).__name__}: {exc})") from None
     if image.ndim != 2 or min(image.shape) < 1:
         raise DecodeError(str(path), f"unexpected image shape {image.shape}")
+    if min(image.shape) < MIN_SIDE:
+        height, width = image.shape
+        raise DecodeError(str(path), f"{width} x {height} pixels, too small for a radiograph (the short side must "
+                                     f"be at least {MIN_SIDE})")
     if not np.isfinite(image).all():
         raise DecodeError(str(path), "image holds NaN or infinite values")
     return image
