@@ -159,3 +159,12 @@ def test_voi_lut_sequence_is_applied(rg3_files, tmp_path):
     ds.save_as(tmp_path / "voilut.dcm")
     expected = 1.0 - np.clip((values - first) / (n - 1), 0, 1)  # then MONOCHROME1 inversion
     np.testing.assert_allclose(decode_image(tmp_path / "voilut.dcm"), expected, atol=2e-5)
+
+
+def test_header_only_dicom_reasons_say_what_the_file_is():
+    from pydicom.data import get_testdata_file
+
+    with pytest.raises(DecodeError, match="a DICOMDIR \\(an index of other DICOM files\\), not an image"):
+        decode_image(get_testdata_file("DICOMDIR"))
+    with pytest.raises(DecodeError, match="without pixel data \\(MR Image Storage\\)"):
+        decode_image(get_testdata_file("priv_SQ.dcm"))  # no SOPClassUID in the data set: the file meta's

@@ -125,8 +125,11 @@ def _dicom_pixels(path: Path) -> np.ndarray:
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_size(path, columns, rows)
     if not any(tag in ds for tag in _PIXEL_TAGS):
-        kind = str(ds.get("SOPClassUID", "unknown SOP class"))
-        name = getattr(ds.get("SOPClassUID"), "name", kind)
+        if "DirectoryRecordSequence" in ds:
+            raise DecodeError(str(path), "a DICOMDIR (an index of other DICOM files), not an image")
+        meta = getattr(ds, "file_meta", None)
+        sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+        name = getattr(sop, "name", str(sop)) if sop else "no SOP class given"
         raise DecodeError(str(path), f"DICOM without pixel data ({name})")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > MAX_FRAMES:
