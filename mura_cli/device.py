@@ -92,8 +92,8 @@ def resolve_precision(precision: str, device: torch.device, checks: dict | None 
     """An explicit precision is used as asked. ``auto`` picks the device's fast reduced precision only
     where it has been verified for this model on this kind of device: ``checks`` is the model's
     ``precision_checks`` (see precision_check.py); otherwise fp32, saying why. For ``training``,
-    ``auto`` is the reduced precision on CUDA and MPS and fp32 on the CPU, where bf16 training has not
-    been shown to give the same model (benchmarks/PRECISION.md)."""
+    ``auto`` is the reduced precision on CUDA and MPS and fp32 on the CPU, where bf16 training was slower
+    and gave another curve (benchmarks/TRAIN_PRECISION.md)."""
     precision = (precision or "auto").lower()
     if precision not in ("auto", *_DTYPES):
         raise MuraError(f"--precision {precision}: expected auto, fp32, bf16 or fp16")
@@ -106,7 +106,8 @@ def resolve_precision(precision: str, device: torch.device, checks: dict | None 
         return "fp32", f"auto: {why}"
     if training:
         if device.type == "cpu":
-            return "fp32", "auto: fp32 for training on the CPU (bf16 training not shown to give the same model)"
+            return "fp32", ("auto: fp32 for training on the CPU (bf16 was slower here and changed the curve; "
+                            "benchmarks/TRAIN_PRECISION.md)")
         return candidate, f"auto: {why}"
     record = ((checks or {}).get(device.type) or {}).get(candidate)
     if record is None:

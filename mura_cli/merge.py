@@ -19,7 +19,7 @@ from mura_cli.score import RESULT_FILES, read_images_csv
 from mura_cli.shard import walk_order_key
 
 # run.json config fields that may differ between shards (where and how fast, not what)
-_FREE_SETTINGS = {"input", "out_dir", "shard", "workers", "batch_size", "device"}
+_FREE_SETTINGS = {"input", "out_dir", "shard", "workers", "batch_size", "device", "model", "pdf"}
 
 
 def _load_shard(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -121,6 +121,8 @@ def merge_shards(folders: list[str | Path], out_dir: str | Path, pdf: bool = Fal
     for column in ("label", "prediction"):
         studies[column] = studies[column].astype("Int64")
     out.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:  # --overwrite: nothing of the earlier results may stay beside the new ones
+        (out / name).unlink(missing_ok=True)
     write_csv(images, out / "images.csv")
     write_csv(studies, out / "studies.csv")
     run = _merged_run(runs, images, studies, folders, count)
@@ -142,7 +144,8 @@ class _Stores:
 
 
 def _merged_run(runs: list[dict], images: pd.DataFrame, studies: pd.DataFrame, folders, count: int) -> dict:
-    run = {k: v for k, v in runs[0].items() if k not in ("shard", "seconds", "resumed_images")}
+    run = {k: v for k, v in runs[0].items()
+           if k not in ("shard", "seconds", "resumed_images", "resumed_changed_images")}
     failed = int((images["error"].fillna("") != "").sum())
     run["counts"] = {**runs[0]["counts"], "images": len(images), "scored": len(images) - failed, "failed": failed,
                      "studies": len(studies), "positive_studies": int((studies["prediction"] == 1).sum()),

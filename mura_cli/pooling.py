@@ -49,4 +49,23 @@ def use_cell_pooling(model: nn.Module, architecture: str) -> nn.Module:
     pooled.load_state_dict(classifier.state_dict())
     setattr(model, name, pooled)
     model.global_pool = nn.Identity()
+    if not _head_is_cell_pooled(model, pooled):  # e.g. MobileNetV3: pool, then a conv head, then the classifier
+        raise ModelError(f"pooling 'lse' is not available for '{architecture}' (its head does more than pool "
+                         "and classify)")
     return model
+
+
+def _head_is_cell_pooled(model: nn.Module, pooled: CellPooledLinear) -> bool:
+    """forward_head on a random map equals the classifier's log-mean-exp over its cells (eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = torch.randn(2, pooled.in_features, 2, 3, generator=torch.Generator().manual_seed(0))
+            try:
+                found = model.forward_head(features)
+            except (RuntimeError, ValueError):
+                return False
+            return found.shape == (2, pooled.out_features) and torch.allclose(found, pooled(features), atol=1e-5)
+    finally:
+        model.train(was_training)

@@ -132,8 +132,16 @@ def read_images_csv(path: Path) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
     table["probability"] = pd.to_numeric(table["probability"], errors="coerce")
     for column in ("width", "height", "heatmap_peak_x", "heatmap_peak_y", "file_bytes", "file_mtime_ns"):
-        table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
+        # straight from the text to Int64: through float64, nanosecond times (~1.7e18) would lose digits
+        table[column] = pd.array([_integer(v) for v in table[column]], dtype="Int64")
     return table
+
+
+def _integer(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return pd.NA
 
 
 def _thumbnails(result: BatchResult, k: int) -> Thumbnails | None:
@@ -268,7 +276,7 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
             result = _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, resume, notify,
                                  started, clock)
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
+        if exc.errno not in _WRITE_ERRNOS or not _inside(exc.filename, out_dir):
             raise
         raise _output_failed(out_dir, exc, restore=overwrite) from None
     shutil.rmtree(out_dir / PREVIOUS_FOLDER, ignore_errors=True)  # replaced results go once the run succeeded
@@ -278,6 +286,16 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
 # errors that mean "the results cannot be written here", as opposed to a bug
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 PREVIOUS_FOLDER = ".previous-results"  # what --overwrite replaces, kept until the new run has finished
+
+
+def _inside(filename, folder: Path) -> bool:
+    """Whether an OSError's file (None: unknown, as for a flush) lies in the results folder."""
+    if not filename:
+        return True
+    try:
+        return Path(os.fsdecode(filename)).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def _output_failed(out_dir: Path, exc: OSError, restore: bool) -> OutputError:
@@ -292,6 +310,9 @@ def _output_failed(out_dir: Path, exc: OSError, restore: bool) -> OutputError:
     if restore and previous.is_dir():
         ThumbStore(out_dir).clear()
         with contextlib.suppress(OSError):
+            for name in RESULT_FILES:  # what the failed run wrote goes, what it replaced comes back
+                if not (previous / name).exists():
+                    (out_dir / name).unlink(missing_ok=True)
             for old in previous.iterdir():
                 os.replace(old, out_dir / old.name)
             previous.rmdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -88,6 +89,9 @@ def check_same_recipe(recipe: dict | None, config, out_dir: Path) -> None:
     if not recipe:
         return
     now = config.to_dict()
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    # a field added since the checkpoint was written is no difference while it keeps its default
+    recipe = {**{k: v for k, v in now.items() if k not in recipe and v == defaults.get(k)}, **recipe}
     allowed = RESUME_FREE_FIELDS | (RESUME_CHANGEABLE_FIELDS & set(config.resume_changes)) | {"resume_changes"}
     differ = [key for key in sorted(set(recipe) | set(now)) if key not in allowed and recipe.get(key) != now.get(key)]
     if differ:

@@ -45,7 +45,7 @@ def test_distributed_resume_continues_the_log(learnable_folder, tmp_path):
     first = torchrun(learnable_folder, tmp_path / "m", "--epochs", "2")
     assert first.returncode == 0, first.stderr[-3000:]
     before = pd.read_csv(tmp_path / "m" / "training_log.csv")
-    resumed = torchrun(learnable_folder, tmp_path / "m", "--epochs", "3", "--resume")
+    resumed = torchrun(learnable_folder, tmp_path / "m", "--epochs", "3", "--resume", "--resume-changes", "epochs")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = pd.read_csv(tmp_path / "m" / "training_log.csv")
     assert after["epoch"].tolist() == [1, 2, 3]

@@ -553,3 +553,23 @@ def test_failure_reasons_are_one_line(tmp_path, tiny_model, mura_folder, monkeyp
                                       workers=0))
     assert "header: bad tag" in set(result.images["error"])
     assert len((tmp_path / "out" / "images.csv").read_text().splitlines()) == len(result.images) + 1
+
+
+def test_resume_keeps_rows_when_another_row_has_no_fingerprint(tmp_path, tiny_model, mura_folder):
+    """A failed row (no size or time) must not turn the other rows' nanosecond times into floats."""
+    os.symlink("missing.png", mura_folder / "XR_WRIST" / "broken_link.png")
+    config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0)
+    first = score_folder(config)
+    scored = int((first.images["error"] == "").sum())
+    again = score_folder(config, resume=True)
+    assert again.run["resumed_images"] == scored and again.run["resumed_changed_images"] == 0
+    assert again.images["file_mtime_ns"].tolist() == first.images["file_mtime_ns"].tolist()
+
+
+def test_an_input_folder_name_that_is_not_utf8_reaches_run_json(tmp_path, tiny_model):
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/scans\xff"))
+    save_png8(radiograph(1), folder / "a.png")
+    result = score_folder(ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out"), model=str(tiny_model),
+                                      workers=0))
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))["input_root"].endswith("scans\\xff")

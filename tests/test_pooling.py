@@ -82,3 +82,8 @@ def test_pooling_values_are_checked():
         TrainConfig(data="-", out_dir="-", pooling="max")
     with pytest.raises(ModelError, match="'pooling' has the wrong type"):
         ModelConfig.from_dict({"architecture": "test_efficientnet", "pooling": 1})
+
+
+def test_heads_that_do_more_than_pool_and_classify_are_refused():
+    with pytest.raises(ModelError, match="does more than pool and classify"):
+        create_model(_cfg("mobilenetv3_small_050"))  # pool, then a conv head, then the classifier

@@ -89,6 +89,12 @@ def test_merge_refuses_damaged_overlapping_or_foreign_shards_in_one_line(tmp_pat
     assert "is one of the shards" in _merge(s0, s1, "--out", s0).output
     assert "--pdf" in _merge(s0, s1, "--out", tmp_path / "p", "--pdf").output and not (tmp_path / "p").exists()
 
+    (tmp_path / "model-link").symlink_to(tiny_model, target_is_directory=True)  # same model, another spelling
+    linked = runner.invoke(app, ["score", str(data), "--out", str(tmp_path / "s1b"), "--shard", "1/2", "--model",
+                                 str(tmp_path / "model-link"), "--workers", "0", "-q", "--pdf"])
+    assert linked.exit_code in (0, 3), linked.output
+    assert _merge(s0, tmp_path / "s1b", "--out", tmp_path / "spelled").exit_code == 3  # --model and --pdf may differ
+
     foreign = shard("foreign", other, 1)
     assert "other settings" in _merge(s0, foreign, "--out", tmp_path / "m").output
     plain = shard("plain", data, 1, "--no-heatmaps")

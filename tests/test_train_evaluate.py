@@ -54,19 +54,23 @@ def test_trained_model_scores_with_score(trained, learnable_folder, tmp_path):
     assert roc_auc_score(studies["label"].astype(int), studies["probability"]) > 0.9
 
 
+class Stop(Exception):
+    """Raised from a progress callback: the run is interrupted there, as by Ctrl-C."""
+
+
+def stop_after(epoch: int):
+    def notify(event):
+        if event.stage == "epoch" and event.epoch == epoch:
+            raise Stop
+    return notify
+
+
 def test_resume_after_interruption_gives_the_same_weights(learnable_folder, tmp_path):
     data = learnable_mura(tmp_path / "data", patients=16, seed=5)
     straight = train(tiny_train_config(data, tmp_path / "straight", epochs=3))
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_second_epoch(event):
-        if event.stage == "epoch" and event.epoch == 2:
-            raise Stop
-
     with pytest.raises(Stop):
-        train(tiny_train_config(data, tmp_path / "resumed", epochs=3), notify=stop_after_second_epoch)
+        train(tiny_train_config(data, tmp_path / "resumed", epochs=3), notify=stop_after(2))
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     resumed = train(tiny_train_config(data, tmp_path / "resumed", epochs=3, resume=True))
     a, b = load_file(str(straight.out_dir / "model.safetensors")), load_file(str(resumed.out_dir / "model.safetensors"))
@@ -81,15 +85,8 @@ def test_resume_refuses_another_recipe_and_names_the_fields(learnable_folder, tm
 
     data = learnable_mura(tmp_path / "data", patients=12, seed=6)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_epoch(event):
-        if event.stage == "epoch" and event.epoch == 1:
-            raise Stop
-
     with pytest.raises(Stop):
-        train(tiny_train_config(data, tmp_path / "run", epochs=2), notify=stop_after_first_epoch)
+        train(tiny_train_config(data, tmp_path / "run", epochs=2), notify=stop_after(1))
     with pytest.raises(MuraError, match=r"another recipe: lr \(0\.003 -> 0\.01\), rotate \(10\.0 -> 0\.0\)"):
         train(tiny_train_config(data, tmp_path / "run", epochs=2, lr=1e-2, rotate=0.0, resume=True))
     with pytest.raises(MuraError, match="--resume-changes epochs allows that"):
@@ -167,3 +164,15 @@ def test_localisation_scores_on_hand_made_heatmaps():
 def test_model_card_is_plain_markdown(trained):
     card = (trained.out_dir / "MODEL_CARD.md").read_text()
     assert '"arch": "resnet10t"' in card and "&#34;" not in card and "&quot;" not in card
+
+
+def test_a_recipe_field_added_since_the_checkpoint_is_no_difference(tmp_path):
+    from mura_cli import training_io
+
+    config = tiny_train_config("data", tmp_path, resume=True)
+    older = {k: v for k, v in config.to_dict().items() if k != "pooling"}  # written before --pooling existed
+    training_io.check_same_recipe(older, config, tmp_path)  # no error
+    from mura_cli.errors import MuraError
+
+    with pytest.raises(MuraError, match="pooling"):
+        training_io.check_same_recipe(older, tiny_train_config("data", tmp_path, resume=True, pooling="lse"), tmp_path)

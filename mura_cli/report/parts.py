@@ -12,6 +12,7 @@ spawning would re-import the caller's main module, which breaks unguarded script
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import queue
@@ -70,7 +71,8 @@ class _Pool:
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # never import from the working directory
         return subprocess.Popen([sys.executable, *safe_path, "-m", "mura_cli.report.worker"], env={**os.environ, "PYTHONPATH": path},
-                                cwd=self.folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                cwd=self.folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
 
     def _drive(self) -> None:
         process = self._start()
@@ -85,7 +87,8 @@ class _Pool:
                     self.answers[line] = "error a report worker process died"
                 self.jobs.task_done()
         finally:
-            process.stdin.close()
+            with contextlib.suppress(OSError):  # a killed worker's pipe is already broken
+                process.stdin.close()
             process.wait()
 
     def run(self, lines: Iterable[str]) -> list[tuple[str, str]]:

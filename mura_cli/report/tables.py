@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from mura_cli.io.names import printable_name
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     path = Path(path)
@@ -41,5 +43,25 @@ def write_csv(table: pd.DataFrame, path: Path) -> Path:
 
 
 def write_json(data: dict[str, Any], path: Path) -> Path:
-    text = json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
+    text = json.dumps(_printable(data), indent=2, default=str, ensure_ascii=False) + "\n"
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _printable(value):
+    """Strings (keys too) holding undecodable path bytes get Python's \\x escapes (mura_cli.io.names), so
+    a folder name that is not valid UTF-8 is written, not refused."""
+    if isinstance(value, str):
+        return printable_name(value) if _has_surrogates(value) else value
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
