@@ -228,12 +228,13 @@ def test_killed_run_resumes_to_the_same_rows(tmp_path):
 def test_ctrl_c_and_sigterm_end_cleanly_and_say_how_to_resume(tmp_path, signal_number):
     """SIGTERM (what batch schedulers send) is handled like Ctrl-C."""
     model = make_model_dir(tmp_path / "slow-model", "resnet10t", size=160)
-    # many more images than are scored before the signal: on a loaded 2-core machine the test process
-    # may see its fifth row late, and the run must still be going when the signal arrives
-    data = _many_images(tmp_path / "data", 300)
+    data = _many_images(tmp_path / "data", 120)
     command = _score_command(data, tmp_path / "out", model)
     command.remove("--quiet")
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a test run started in the background (`pytest &`) has SIGINT ignored, and a
+    # child would inherit that
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_rows(tmp_path / "out" / "images.csv", 5, process)
     process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=120)
