@@ -87,3 +87,13 @@ def test_pooling_values_are_checked():
 def test_heads_that_do_more_than_pool_and_classify_are_refused():
     with pytest.raises(ModelError, match="does more than pool and classify"):
         create_model(_cfg("mobilenetv3_small_050"))  # pool, then a conv head, then the classifier
+
+
+def test_the_report_names_an_lse_heatmap_for_what_it_is():
+    from mura_cli.report.pdf import HEATMAP_NAMES, LSE_HEATMAP_NAME, heatmap_name
+
+    def run(pooling):
+        return {"runtime": {"heatmap_method": "cam"}, "model": {"config": {"pooling": pooling}}}
+
+    assert heatmap_name(run("lse")) == LSE_HEATMAP_NAME
+    assert heatmap_name(run("avg")) == HEATMAP_NAMES["cam"] and "Grad-CAM" in heatmap_name(run("avg"))

@@ -14,6 +14,18 @@ from mura_cli.report.render import add_picture, render_html, write_pdf
 HEATMAP_NAMES = {"cam": "Grad-CAM (closed form from the forward pass)", "gradcam": "Grad-CAM (autograd)",
                  "none": "none"}
 
+LSE_HEATMAP_NAME = "the model's own cell scores, which its probability is pooled from (closed form)"
+
+
+def heatmap_name(run: dict) -> str:
+    """How the report names the heatmaps of this run: a model with ``pooling: lse`` decides from the
+    map itself (mura_cli.pooling), which is more than a Grad-CAM explanation beside the decision."""
+    method = run["runtime"]["heatmap_method"]
+    if method == "cam" and run["model"]["config"].get("pooling") == "lse":
+        return LSE_HEATMAP_NAME
+    return HEATMAP_NAMES.get(method, "none")
+
+
 # Rough layout cost of each piece of a score report (milliseconds of WeasyPrint on one core), used to
 # cut a long report into parts. Up to ONE_DOCUMENT a report is one document (starting workers would
 # cost more than they save); beyond it, about two parts per worker (so that building the next parts
@@ -121,7 +133,7 @@ def render_score_report(run: dict, images: pd.DataFrame, studies: pd.DataFrame, 
     cfg = run["model"]["config"]
     context = {"run": run, "unscored": int(studies["prediction"].isna().sum()),
                "positive_name": cfg["positive_class"], "negative_name": cfg["negative_class"],
-               "heatmap_name": HEATMAP_NAMES.get(run["runtime"]["heatmap_method"], "none")}
+               "heatmap_name": heatmap_name(run)}
     rows = _study_rows(run, images, studies)
     failures = images.loc[images["error"] != "", ["path", "error"]].to_dict("records")
     workers = workers or default_workers()
