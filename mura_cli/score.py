@@ -115,12 +115,11 @@ def unchanged_rows(done: pd.DataFrame, records: tuple[ImageRecord, ...]) -> tupl
     if done.empty:
         return done, 0
     now = {r.rel_path: (r.file_bytes, r.file_mtime_ns) for r in records}
-    was = zip(done["path"], done["file_bytes"], done["file_mtime_ns"])
-    same = [path not in now or (not pd.isna(size) and not pd.isna(mtime) and now[path] == (int(size), int(mtime)))
-            for path, size, mtime in was]
-    kept = done[same].reset_index(drop=True)
-    changed = int(sum(1 for path, ok in zip(done["path"], same) if not ok and path in now))
-    return kept, changed
+    was = [None if pd.isna(size) or pd.isna(mtime) else (int(size), int(mtime))
+           for size, mtime in zip(done["file_bytes"], done["file_mtime_ns"])]
+    changed = [path in now and stat != now[path] for path, stat in zip(done["path"], was)]
+    # rows of files no longer found are kept here and dropped with the other absent paths in _run_model
+    return done[[not c for c in changed]].reset_index(drop=True), sum(changed)
 
 
 def read_images_csv(path: Path) -> pd.DataFrame:
@@ -327,7 +326,7 @@ def _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, r
                                    discovery.images)
     if config.pdf and len(done):  # rows scored without --pdf have no thumbnails: score them again for the PDF
         store = ThumbStore(out_dir)
-        done = done[[store.get(path) is not None for path in done["path"]]].reset_index(drop=True)
+        done = done[[store.has(path) for path in done["path"]]].reset_index(drop=True)
     write_json({**_start_record(config, loaded, started), "input_root": str(discovery.root)}, out_dir / "run.json")
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     notify(ProgressEvent("start", len(done), len(discovery.images),

@@ -179,9 +179,9 @@ class ColourPicture(ValueError):
 
 
 def _colour_to_gray(pixels: np.ndarray, ds) -> np.ndarray:
-    _refuse_colour((pixels.astype(np.float64) * (255.0 / float(np.max(pixels) or 1))).astype(np.uint8))
     bits = int(ds.get("BitsStored", 8) or 8)
-    rgb = pixels.astype(np.float64) / float(2**bits - 1)
+    rgb = np.clip(pixels.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
+    _refuse_colour(np.rint(rgb * 255.0).astype(np.uint8))
     gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     return np.clip(gray, 0.0, 1.0).astype(np.float32)
 

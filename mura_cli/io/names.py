@@ -12,13 +12,20 @@ from __future__ import annotations
 _ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
 
 
+def has_undecodable_bytes(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not valid UTF-8 (as surrogate escapes), which no UTF-8
+    file can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def printable_name(name: str) -> str:
     """``name`` (as os.fsdecode gives it) as one line of valid UTF-8."""
-    try:
-        if name.isprintable() and name.encode("utf-8"):
-            return name
-    except UnicodeEncodeError:  # undecodable bytes, held as surrogates
-        pass
+    if name.isprintable() and not has_undecodable_bytes(name):
+        return name
     text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return "".join(_ESCAPES.get(c, f"\\x{ord(c):02x}") if _is_control(c) else c for c in text)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from mura_cli.io.names import printable_name
+from mura_cli.io.names import has_undecodable_bytes, printable_name
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -51,17 +51,10 @@ def _printable(value):
     """Strings (keys too) holding undecodable path bytes get Python's \\x escapes (mura_cli.io.names), so
     a folder name that is not valid UTF-8 is written, not refused."""
     if isinstance(value, str):
-        return printable_name(value) if _has_surrogates(value) else value
+        return printable_name(value) if has_undecodable_bytes(value) else value
     if isinstance(value, dict):
         return {_printable(k): _printable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_printable(v) for v in value]
     return value
 
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False

@@ -26,6 +26,9 @@ class ThumbStore:
         if thumbs.overlay is not None:
             atomic_write_bytes(stem.with_suffix(".heat.jpg"), thumbs.overlay)
 
+    def has(self, rel_path: str) -> bool:
+        return self._stem(rel_path).with_suffix(".jpg").is_file()
+
     def get(self, rel_path: str) -> Thumbnails | None:
         stem = self._stem(rel_path)
         image, heat = stem.with_suffix(".jpg"), stem.with_suffix(".heat.jpg")

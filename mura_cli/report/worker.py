@@ -77,8 +77,8 @@ def _leave_with_parent(parent: int, every: float = 1.0) -> None:
 
 
 def main() -> None:
-    # Ctrl-C reaches the whole process group: the parent handles it (and stops its workers), so the
-    # workers stay silent instead of printing a traceback each; they end when their stdin closes
+    # workers start in their own session (parts.py), so a terminal's Ctrl-C reaches the parent alone, which
+    # stops them; a SIGINT sent to a worker anyway leaves it silent. It ends when its stdin closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_leave_with_parent, args=(os.getppid(),), daemon=True).start()
     for line in sys.stdin:
