@@ -33,6 +33,11 @@ def _fail(message: str, code: ExitCode = ExitCode.FATAL) -> typer.Exit:
     return typer.Exit(int(code))
 
 
+def _fail_from(exc: MuraError) -> typer.Exit:
+    """The library's error as one line; results that could not be written exit 4, the rest 1."""
+    return _fail(str(exc), ExitCode.OUTPUT if isinstance(exc, OutputError) else ExitCode.FATAL)
+
+
 class _ProgressView:
     """Draws the library's Progress events as a rich bar with images/s and ETA on stderr."""
 
@@ -133,10 +138,8 @@ def score(
     view = _ProgressView(quiet)
     try:
         result = score_folder(config, notify=view, overwrite=overwrite, resume=resume)
-    except OutputError as exc:
-        raise _fail(str(exc), ExitCode.OUTPUT) from None
     except MuraError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail_from(exc) from None
     except KeyboardInterrupt:
         view.stop()
         err.print(f"interrupted: the images finished so far are in {escape(str(out / 'images.csv'))}; "
@@ -263,7 +266,7 @@ def train(
     try:
         result = run_training(config, notify=view)
     except MuraError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail_from(exc) from None
     except KeyboardInterrupt:
         raise _fail(f"interrupted; continue with the same command plus --resume (state in {out})") from None
     finally:
@@ -285,6 +288,7 @@ def evaluate(
     pointing_tolerance: float = typer.Option(0.04, "--pointing-tolerance", min=0.0, max=0.99, help="Tolerant pointing game: boxes grown by this share of the image's long side (at least 10% of the box)."),
     deletion: bool = typer.Option(True, "--deletion/--no-deletion", help="With --boxes: score positives again with their boxes filled, and with regions elsewhere filled."),
     tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip."),
+    allow_modality: list[str] = typer.Option([], "--allow-modality", help="Also evaluate DICOM files of this modality (repeatable; CR and DX always are)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf."),
     bootstrap: int = typer.Option(1000, min=100, help="Bootstrap resamples of studies for 95% CIs."),
     target_sensitivity: float = typer.Option(0.9, "--target-sensitivity", min=0.01, max=0.99),
@@ -304,7 +308,8 @@ def evaluate(
                             precision=precision, batch_size=batch_size, workers=workers,
                             boxes=str(boxes) if boxes else None, bootstrap=bootstrap, seed=seed,
                             target_sensitivity=target_sensitivity, pdf=pdf, tta=tta,
-                            pointing_tolerance=pointing_tolerance, deletion=deletion)
+                            pointing_tolerance=pointing_tolerance, deletion=deletion,
+                            allow_modality=tuple(m.strip().upper() for m in allow_modality))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     from mura_cli.evaluate import evaluate as run_evaluation
@@ -312,7 +317,7 @@ def evaluate(
     try:
         result = run_evaluation(config, notify=view, overwrite=overwrite)
     except MuraError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail_from(exc) from None
     finally:
         view.stop()
     if not quiet:
@@ -372,7 +377,7 @@ def check_precision(
             raise MuraError(f"{images}: no readable images to check")
         results = precision_check.check_precisions(loaded, records, dev, precision or None, batch_size)
     except MuraError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail_from(exc) from None
     _precision_table(loaded.config.name, dev, results)
     if record:
         path = precision_check.record_checks(loaded.path, dev.type, results, note=f"{len(records)} images of {images}")
@@ -408,7 +413,7 @@ def merge(
     try:
         run = merge_shards(shards, out, pdf=pdf, overwrite=overwrite)
     except MuraError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail_from(exc) from None
     counts = run["counts"]
     err.print(f"merged {run['shards']} shards: {counts['images']} images ({counts['failed']} failed), "
               f"{counts['studies']} studies -> {escape(str(out))}", soft_wrap=True)
@@ -451,7 +456,7 @@ def sample_data(folder: Path = typer.Argument(Path("samples"), help="Where to wr
     try:
         paths = write_samples(folder)
     except MuraError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail_from(exc) from None
     for path in paths:
         typer.echo(str(path))
 

@@ -147,6 +147,12 @@ def _model_config_problems(cfg: ModelConfig):
         yield f"format_version {cfg.format_version} is newer than this mura-cli understands"
 
 
+def _check_modalities(codes) -> None:
+    bad = [m for m in codes if not m.strip().isalnum()]
+    if bad:
+        raise ValueError(f"allow_modality: {bad[0]!r} is not a DICOM modality code (e.g. RF, XA, MG, OT)")
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """One `score` run. Written to ``run.json`` next to the results."""
@@ -170,9 +176,7 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if self.tta not in choices.TTA_MODES:
             raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
-        bad = [m for m in self.allow_modality if not m.strip().isalnum()]
-        if bad:
-            raise ValueError(f"allow_modality: {bad[0]!r} is not a DICOM modality code (e.g. RF, XA, MG, OT)")
+        _check_modalities(self.allow_modality)
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.workers is not None and self.workers < 0:
@@ -283,10 +287,12 @@ class EvalConfig:
     tta: str = "none"  # none | flip
     pointing_tolerance: float = 0.04  # tolerant pointing: boxes grown by this share of the image's long side
     deletion: bool = True  # with boxes: the deletion test (boxes filled vs elsewhere filled)
+    allow_modality: tuple[str, ...] = ()  # DICOM modalities evaluated besides CR and DX (e.g. RF, OT)
 
     def __post_init__(self) -> None:
         if self.tta not in choices.TTA_MODES:
             raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
+        _check_modalities(self.allow_modality)
         if not 0.0 <= self.pointing_tolerance < 1.0:
             raise ValueError("pointing_tolerance must be within [0, 1)")
         if self.bootstrap < 1:

@@ -19,8 +19,8 @@ from mura_cli.config import EvalConfig
 from mura_cli.data import default_workers
 from mura_cli.datasets import read_dataset, select_split
 from mura_cli.device import create_runtime
-from mura_cli.errors import InputError
-from mura_cli.io.discover import records_from_table
+from mura_cli.errors import InputError, writes_into
+from mura_cli.io.discover import records_from_table, screen_modalities
 from mura_cli.modeling import load_model, resolve_model_dir
 from mura_cli.predict import IMAGE_COLUMNS, Predictor, predict_records
 from mura_cli.report.tables import write_csv, write_json
@@ -74,8 +74,7 @@ def _localise(result, k: int, row: dict, boxes: list, tolerance: float) -> dict:
 LOCALISATION_COLUMNS = ["pointing_hit", "pointing_hit_tolerant", "centre_hit", "centre_hit_tolerant", "energy_inside"]
 
 
-def predict_table(rows: pd.DataFrame, loaded, runtime, config: EvalConfig, boxes: dict, notify) -> pd.DataFrame:
-    records = records_from_table(rows)
+def predict_table(records: list, loaded, runtime, config: EvalConfig, boxes: dict, notify) -> pd.DataFrame:
     predictor = Predictor(loaded, runtime, heatmaps=True, keep_maps=bool(boxes), tta=config.tta)
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     out, done = [], 0
@@ -91,14 +90,14 @@ def predict_table(rows: pd.DataFrame, loaded, runtime, config: EvalConfig, boxes
     return pd.DataFrame(out, columns=[*IMAGE_COLUMNS, "label", "patient_id", *LOCALISATION_COLUMNS])
 
 
-def add_deletion_test(images: pd.DataFrame, rows: pd.DataFrame, loaded, runtime, config: EvalConfig,
+def add_deletion_test(images: pd.DataFrame, records: list, loaded, runtime, config: EvalConfig,
                       boxes: dict, notify) -> pd.DataFrame:
     """Probabilities of the positive images with boxes after filling the boxes, and after filling
     same-size regions elsewhere, with the drops from the original probability (faithfulness.py)."""
     from mura_cli import faithfulness
 
-    records = records_from_table(rows)
-    chosen = [i for i, r in enumerate(records) if r.label == 1 and box_geometry.boxes_for(r.rel_path, boxes)]
+    chosen = [i for i, r in enumerate(records)
+              if r.label == 1 and not r.error and box_geometry.boxes_for(r.rel_path, boxes)]
     columns = ["probability_boxes_filled", "probability_elsewhere_filled", "deletion_drop", "elsewhere_drop"]
     out = images.assign(**{c: np.nan for c in columns})
     if not chosen:
@@ -211,7 +210,13 @@ def _prepare(out_dir: Path, overwrite: bool) -> Path:
 
 def evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None] | None = None,
              overwrite: bool = False) -> EvalResult:
-    notify = notify or (lambda event: None)
+    """Score a labelled split and judge the model; a full or read-only --out is one OutputError line."""
+    with writes_into(Path(config.out_dir).expanduser(), "nothing is lost but this evaluation: make room (or fix "
+                     "the permission) and run it again with --overwrite"):
+        return _evaluate(config, notify or (lambda event: None), overwrite)
+
+
+def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite: bool) -> EvalResult:
     started, clock = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
     table = read_dataset(config.data)
     split = config.split or default_split(table)
@@ -222,9 +227,10 @@ def evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None] | None = No
     out_dir = _prepare(Path(config.out_dir).expanduser(), overwrite)
     notify(EvalEvent("start", 0, len(rows),
                      f"Evaluating {loaded.config.name} on split '{split}' ({len(rows)} images), {runtime.reason}"))
-    images = predict_table(rows, loaded, runtime, config, boxes, notify)
+    records = screen_modalities(records_from_table(rows), config.allow_modality)
+    images = predict_table(records, loaded, runtime, config, boxes, notify)
     if boxes and config.deletion:
-        images = add_deletion_test(images, rows, loaded, runtime, config, boxes, notify)
+        images = add_deletion_test(images, records, loaded, runtime, config, boxes, notify)
     threshold, method = loaded.config.threshold, loaded.config.aggregation
     studies = aggregate_studies(images, method, threshold)
     notify(EvalEvent("metrics", message=f"Metrics with {config.bootstrap} bootstrap resamples"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mura_cli.errors import InputError
+from mura_cli.errors import InputError, writes_into
 from mura_cli.report.tables import write_csv, write_json
 from mura_cli.score import RESULT_FILES, read_images_csv
 from mura_cli.shard import walk_order_key
@@ -104,8 +104,14 @@ def _check_out(out: Path, folders: list[Path], overwrite: bool) -> None:
 
 
 def merge_shards(folders: list[str | Path], out_dir: str | Path, pdf: bool = False, overwrite: bool = False) -> dict:
+    """One results folder from finished shards; a full or read-only --out is one OutputError line."""
+    with writes_into(Path(out_dir), "the shards are untouched: make room (or fix the permission) and merge again "
+                     "with --overwrite"):
+        return _merge(folders, Path(out_dir), pdf, overwrite)
+
+
+def _merge(folders: list[str | Path], out: Path, pdf: bool, overwrite: bool) -> dict:
     folders = [Path(f) for f in folders]
-    out = Path(out_dir)
     _check_out(out, folders, overwrite)
     loaded = [_load_shard(f) for f in folders]
     runs = [run for run, _, _ in loaded]

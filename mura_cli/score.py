@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import functools
 import io
 import json
@@ -28,7 +27,7 @@ from mura_cli.choices import ExitCode
 from mura_cli.config import ScoreConfig
 from mura_cli.data import default_workers
 from mura_cli.device import create_runtime
-from mura_cli.errors import InputError, OutputError, ReportError
+from mura_cli.errors import InputError, OutputError, ReportError, is_write_failure, write_failure_message
 from mura_cli.io.discover import ImageRecord, discover
 from mura_cli.modeling import load_model, resolve_model_dir
 from mura_cli.predict import IMAGE_COLUMNS, BatchResult, Predictor, predict_records
@@ -275,33 +274,20 @@ def score_folder(config: ScoreConfig, notify: Callable[[ProgressEvent], None] | 
             result = _score_into(config, out_dir, loaded, runtime, discovery, shard, overwrite, resume, notify,
                                  started, clock)
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS or not _inside(exc.filename, out_dir):
+        if not is_write_failure(exc, out_dir):
             raise
         raise _output_failed(out_dir, exc, restore=overwrite) from None
     shutil.rmtree(out_dir / PREVIOUS_FOLDER, ignore_errors=True)  # replaced results go once the run succeeded
     return result
 
 
-# errors that mean "the results cannot be written here", as opposed to a bug
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 PREVIOUS_FOLDER = ".previous-results"  # what --overwrite replaces, kept until the new run has finished
-
-
-def _inside(filename, folder: Path) -> bool:
-    """Whether an OSError's file (None: unknown, as for a flush) lies in the results folder."""
-    if not filename:
-        return True
-    try:
-        return Path(os.fsdecode(filename)).resolve().is_relative_to(folder.resolve())
-    except (OSError, ValueError):
-        return False
 
 
 def _output_failed(out_dir: Path, exc: OSError, restore: bool) -> OutputError:
     """Mark run.json failed (where the disk still allows it), put back the results that --overwrite was
     replacing, and say in one line what could not be written and why."""
-    where = exc.filename or out_dir
-    message = f"{where}: cannot write the results ({exc.strerror or exc})"
+    message = write_failure_message(exc, out_dir)
     with contextlib.suppress(OSError, ValueError):
         record = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
         write_json({**record, "status": "failed", "error": message, "finished": _now()}, out_dir / "run.json")

@@ -30,7 +30,7 @@ from mura_cli.data import Reindexed, create_augment, create_train_loader, defaul
 from mura_cli.datasets import read_dataset
 from mura_cli.device import Runtime, create_runtime
 from mura_cli.distributed import DistInfo, barrier, device_for, gather, init_distributed, mean_across, shutdown
-from mura_cli.errors import MuraError
+from mura_cli.errors import MuraError, writes_into
 from mura_cli.io.discover import records_from_table
 from mura_cli.metrics import operating_points, threshold_metrics
 from mura_cli.modeling import LoadedModel
@@ -328,7 +328,9 @@ def train(config: TrainConfig, notify: Callable[[TrainEvent], None] | None = Non
     ``batch_size`` being the global batch and rank 0 writing every file."""
     dist_info = init_distributed(config.device)
     try:
-        return _train(config, dist_info, notify if dist_info.is_main and notify else (lambda event: None))
+        with writes_into(Path(config.out_dir).expanduser(), "the last finished epoch is kept in checkpoint.pt: "
+                         "make room (or fix the permission) and run the same command with --resume"):
+            return _train(config, dist_info, notify if dist_info.is_main and notify else (lambda event: None))
     finally:
         shutdown(dist_info)
 

@@ -126,7 +126,7 @@ def test_modality_lut_sequence_file(shared_dicom):
 
 @pytest.mark.parametrize("content, reason", [
     (b"", "empty file"),
-    (b"hello, I am text", "not a PNG, JPEG or DICOM"),
+    (b"hello, I am text", "named .png but its content is not a PNG or JPEG image"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "cannot decode"),
 ])
 def test_bad_files_raise_decode_error_with_reason(tmp_path, content, reason):
@@ -168,3 +168,18 @@ def test_header_only_dicom_reasons_say_what_the_file_is():
         decode_image(get_testdata_file("DICOMDIR"))
     with pytest.raises(DecodeError, match="without pixel data \\(MR Image Storage\\)"):
         decode_image(get_testdata_file("priv_SQ.dcm"))  # no SOPClassUID in the data set: the file meta's
+
+
+def test_damaged_or_headerless_dicom_reasons_name_the_actual_problem():
+    from pydicom.data import get_testdata_file
+
+    with pytest.raises(DecodeError, match=r"pixel data truncated: the file holds 8,130 of the 8,192 bytes"):
+        decode_image(get_testdata_file("MR_truncated.dcm"))
+    with pytest.raises(DecodeError, match=r"named \.dcm but not readable as DICOM"):
+        decode_image(get_testdata_file("no_meta.dcm"))  # one stray byte before the data set
+    with pytest.raises(DecodeError, match=r"DICOM header incomplete .*Bits Allocated"):
+        decode_image(get_testdata_file("meta_missing_tsyntax.dcm"))
+    # big-endian without preamble is still recognised as DICOM, so its reason is about its content
+    with pytest.raises(DecodeError, match=r"without pixel data \(RT Ion Plan Storage\)"):
+        decode_image(get_testdata_file("ExplVR_BigEndNoMeta.dcm"))
+    assert decode_image(get_testdata_file("image_dfl.dcm")).shape == (512, 512)  # deflated: offsets differ

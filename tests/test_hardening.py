@@ -63,9 +63,9 @@ def hostile_folder(root: Path, rg3: Path) -> dict[str, str]:
     whole = small_dicom(rg3, root / "tmp.dcm").read_bytes()
     (root / "tmp.dcm").unlink()
     (root / "bad" / "truncated.dcm").write_bytes(whole[: len(whole) - 3000])
-    expected["bad/truncated.dcm"] = "cannot decode"
+    expected["bad/truncated.dcm"] = "pixel data truncated"
     (root / "bad" / "text.png").write_text("I am a note, not a picture")
-    expected["bad/text.png"] = "not a PNG, JPEG or DICOM"
+    expected["bad/text.png"] = "named .png but its content is not a PNG or JPEG image"
     save_png8(radiograph(3), root / "odd" / "png_named.dcm")
     expected["odd/png_named.dcm"] = ""
     report = pydicom.Dataset()

@@ -18,6 +18,7 @@ from pydicom.dataset import FileMetaDataset
 from PIL import Image, ImageOps
 from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
 
+from mura_cli import choices
 from mura_cli.errors import DecodeError
 from mura_cli.io import sniff
 
@@ -47,8 +48,7 @@ def decode_image(path: str | Path) -> np.ndarray:
     try:
         kind = sniff.sniff_file(path)
         if kind is None:
-            size = path.stat().st_size
-            raise DecodeError(str(path), "empty file" if size == 0 else "not a PNG, JPEG or DICOM file")
+            raise DecodeError(str(path), _unknown_content(path))
         image = _decode_dicom(path) if kind == sniff.DICOM else _decode_raster(path)
     except DecodeError:
         raise
@@ -73,6 +73,18 @@ def decode_image(path: str | Path) -> np.ndarray:
     if not np.isfinite(image).all():
         raise DecodeError(str(path), "image holds NaN or infinite values")
     return image
+
+
+def _unknown_content(path: Path) -> str:
+    if path.stat().st_size == 0:
+        return "empty file"
+    suffix = path.suffix.lower()
+    if suffix in choices.DICOM_EXTENSIONS:
+        return (f"named {suffix} but not readable as DICOM: neither the DICM marker nor a data set at its start "
+                "(damaged, or another format)")
+    if suffix in choices.RASTER_EXTENSIONS:
+        return f"named {suffix} but its content is not a PNG or JPEG image (damaged, or another format)"
+    return "not a PNG, JPEG or DICOM file"
 
 
 # ---------------------------------------------------------------- PNG / JPEG
@@ -134,12 +146,17 @@ def _dicom_pixels(path: Path) -> np.ndarray:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > MAX_FRAMES:
         raise DecodeError(str(path), f"declares {frames:,} frames, over the limit of {MAX_FRAMES:,} (refused)")
+    _check_pixel_length(path, ds)
     try:
         pixels = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array  # multi-frame: only frame 1
     except (NotImplementedError, RuntimeError) as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
         raise DecodeError(str(path), f"cannot decompress {name} ({exc})") from None
+    except AttributeError as exc:  # pydicom: "Missing required element: (0028,0100) 'Bits Allocated'"
+        raise DecodeError(str(path), f"DICOM header incomplete for its pixel data ({exc})") from None
+    except ValueError as exc:
+        raise DecodeError(str(path), f"pixel data does not match its header ({exc})") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if pixels.ndim == 3:  # colour (RGB or YBR converted to RGB by pydicom): luminance, no LUTs
         return _colour_to_gray(pixels, ds)
@@ -148,6 +165,21 @@ def _dicom_pixels(path: Path) -> np.ndarray:
     if photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
         shown = 1.0 - shown
     return shown.astype(np.float32)
+
+
+def _check_pixel_length(path: Path, ds) -> None:
+    """A file that ends inside its pixel data (an interrupted copy or download) says so."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if getattr(syntax, "is_deflated", False):  # offsets count the inflated stream, not the file
+        return
+    element = ds.get_item("PixelData")
+    offset, length = getattr(element, "value_tell", None), getattr(element, "length", None)
+    if offset is None or length is None or length == 0xFFFFFFFF:  # undefined length: encapsulated frames
+        return
+    available = path.stat().st_size - offset
+    if available < length:
+        raise DecodeError(str(path), f"pixel data truncated: the file holds {max(available, 0):,} of the "
+                                     f"{length:,} bytes its header declares (a damaged or incomplete copy)")
 
 
 def _ensure_transfer_syntax(ds) -> None:

@@ -216,6 +216,19 @@ def input_fingerprint(images) -> str:
     return digest.hexdigest()
 
 
+def screen_modalities(records, allow_modalities=()) -> list[ImageRecord]:
+    """``records`` with a reason row for each DICOM file whose Modality is not a radiograph's (as discover
+    does for score), for labelled tables that did not come through discover."""
+    allowed = frozenset(m.strip().upper() for m in allow_modalities)
+    screened = []
+    for record in records:
+        if not record.error and _file_kind(Path(record.path)) == "dicom":
+            header = _with_dicom_header(record, include_phi=False, allowed=allowed)
+            record = replace(record, error=header.error) if header.error else record
+        screened.append(record)
+    return screened
+
+
 def records_from_table(table) -> list[ImageRecord]:
     """ImageRecords for the rows of a labelled table (see mura_cli.datasets)."""
     return [

@@ -13,17 +13,21 @@ _HEAD_BYTES = 132
 
 def _looks_like_bare_dicom(head: bytes) -> bool:
     """DICOM written without the 128-byte preamble and 'DICM' marker: the data set starts right away
-    with a little-endian tag of group 0x0002 (file meta) or 0x0008 (identifying), element < 0x0100."""
+    with a tag of group 0x0002 (file meta) or 0x0008 (identifying), element < 0x0100: little-endian
+    (explicit or implicit VR) or big-endian (explicit VR, the only big-endian encoding)."""
     if len(head) < 8:
-        return False
-    group = int.from_bytes(head[0:2], "little")
-    element = int.from_bytes(head[2:4], "little")
-    if group not in (0x0002, 0x0008) or element >= 0x0100:
         return False
     vr = head[4:6]
     explicit = vr.isalpha() and vr.isupper()
-    implicit_length = int.from_bytes(head[4:8], "little")
-    return explicit or implicit_length < 0x10000
+    for order in ("little", "big"):
+        group = int.from_bytes(head[0:2], order)
+        element = int.from_bytes(head[2:4], order)
+        if group not in (0x0002, 0x0008) or element >= 0x0100:
+            continue
+        implicit_length = int.from_bytes(head[4:8], "little")
+        if explicit or (order == "little" and implicit_length < 0x10000):
+            return True
+    return False
 
 
 def sniff_bytes(head: bytes) -> str | None:
