@@ -576,3 +576,32 @@ def test_an_input_folder_name_that_is_not_utf8_reaches_run_json(tmp_path, tiny_m
                                       workers=0))
     assert result.exit_code == 0
     assert json.loads((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))["input_root"].endswith("scans\\xff")
+
+
+def test_every_pydicom_test_file_is_accounted_for_without_a_traceback_warning_or_hang(tmp_path, tiny_model,
+                                                                                        rg3_files):
+    """All of pydicom's and pydicom-data's test files (CT, MR, US, SEG, RT, SR, DICOMDIR, damaged files,
+    every transfer syntax) beside the odd files above, once screened and once with every modality let in
+    so that each file reaches the decoder: one row or one skip per file, a one-line reason per failure."""
+    import data_store
+    from pydicom.data import get_testdata_file
+
+    root = tmp_path / "in"
+    shutil.copytree(Path(get_testdata_file("CT_small.dcm")).parent, root / "pydicom")
+    shutil.copytree(Path(data_store.__file__).parent / "data", root / "pydicom-data")
+    hostile_folder(root / "odd", rg3_files[0])
+    files = [p for p in root.rglob("*") if p.is_file() or p.is_symlink()]
+    everything = [arg for code in ("CT", "MR", "US", "OT", "NM", "SEG", "SR", "RTDOSE", "RTPLAN", "RTSTRUCT", "ECG")
+                  for arg in ("--allow-modality", code)]
+    for name, extra in (("screened", []), ("all", everything)):
+        out = tmp_path / name
+        run = subprocess.run([*_score_command(root, out, tiny_model), "--batch-size", "16", *extra],
+                             capture_output=True, text=True, timeout=300)  # a hang fails here
+        assert run.returncode == ExitCode.PARTIAL, run.stderr[-2000:]
+        assert "Traceback" not in run.stderr and "Warning" not in run.stderr, run.stderr[-2000:]
+        rows = pd.read_csv(out / "images.csv", keep_default_na=False)
+        record = json.loads((out / "run.json").read_text())
+        assert len(rows) + record["counts"]["skipped_files"] == len(files)
+        failed = rows[rows["probability"] == ""]
+        assert (failed["error"] != "").all() and not failed["error"].str.contains("\n").any()
+        assert len(failed) == record["counts"]["failed"] and len(rows) - len(failed) >= 5

@@ -154,21 +154,27 @@ def modality_problem(modality: str, allowed: frozenset[str]) -> str:
     return f"modality {code} ({name}) is not a radiograph; --allow-modality {code} scores it anyway"
 
 
-def _with_dicom_header(record: ImageRecord, include_phi: bool, allowed: frozenset[str] = frozenset()) -> ImageRecord:
+def _header_values(path: Path, include_phi: bool) -> dict[str, str]:
+    """The few header values discovery uses, as stripped strings. pydicom converts a value (and may
+    remark on it) when it is first read, so reading happens inside the silenced block too."""
     tags = _DICOM_TAGS + (_PHI_TAGS if include_phi else [])
+    with warnings.catch_warnings():  # pydicom's remarks on odd but readable headers are not the user's
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=tags)
+        return {tag: str(ds.get(tag, "") or "").strip() for tag in tags}
+
+
+def _with_dicom_header(record: ImageRecord, include_phi: bool, allowed: frozenset[str] = frozenset()) -> ImageRecord:
     try:
-        with warnings.catch_warnings():  # pydicom's remarks on odd but readable headers are not the user's
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(record.path, stop_before_pixels=True, force=True, specific_tags=tags)
+        values = _header_values(record.path, include_phi)
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, AttributeError) as exc:
         return replace(record, error=_header_error(exc))
-    problem = modality_problem(str(ds.get("Modality", "") or ""), allowed)
+    problem = modality_problem(values["Modality"], allowed)
     if problem:
         return replace(record, error=problem)
-    uid = str(ds.get("StudyInstanceUID", "") or "").strip()
-    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
-    patient = str(ds.get("PatientID", "") or "").strip() if include_phi else ""
-    return replace(record, study_id=uid or record.study_id, body_part=part or record.body_part,
+    patient = values.get("PatientID", "") if include_phi else ""
+    return replace(record, study_id=values["StudyInstanceUID"] or record.study_id,
+                   body_part=values["BodyPartExamined"].upper() or record.body_part,
                    patient_id=patient or record.patient_id)
 
 
