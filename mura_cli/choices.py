@@ -17,13 +17,30 @@ TTA_MODES = ("none", "flip")  # test-time augmentation: flip = the image and its
 # are X-ray images too, but not what a musculoskeletal radiograph model was trained on).
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
 MODALITY_NAMES = {
-    "CR": "computed radiography", "DX": "digital radiography", "RF": "fluoroscopy", "XA": "X-ray angiography",
-    "MG": "mammography", "OT": "other", "CT": "computed tomography", "MR": "magnetic resonance",
-    "US": "ultrasound", "NM": "nuclear medicine", "PT": "PET", "SEG": "a segmentation",
-    "RTDOSE": "a radiotherapy dose", "RTSTRUCT": "radiotherapy structures", "RTPLAN": "a radiotherapy plan",
-    "RTIMAGE": "a radiotherapy image", "SR": "a structured report", "PR": "a presentation state",
-    "XC": "an external camera photograph", "OP": "ophthalmic photography", "ECG": "an ECG", "IO": "intra-oral X-ray",
-    "PX": "panoramic X-ray", "SM": "slide microscopy",
+    "CR": "computed radiography",
+    "DX": "digital radiography",
+    "RF": "fluoroscopy",
+    "XA": "X-ray angiography",
+    "MG": "mammography",
+    "OT": "other",
+    "CT": "computed tomography",
+    "MR": "magnetic resonance",
+    "US": "ultrasound",
+    "NM": "nuclear medicine",
+    "PT": "PET",
+    "SEG": "a segmentation",
+    "RTDOSE": "a radiotherapy dose",
+    "RTSTRUCT": "radiotherapy structures",
+    "RTPLAN": "a radiotherapy plan",
+    "RTIMAGE": "a radiotherapy image",
+    "SR": "a structured report",
+    "PR": "a presentation state",
+    "XC": "an external camera photograph",
+    "OP": "ophthalmic photography",
+    "ECG": "an ECG",
+    "IO": "intra-oral X-ray",
+    "PX": "panoramic X-ray",
+    "SM": "slide microscopy",
 }
 
 RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})

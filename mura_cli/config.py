@@ -47,7 +47,7 @@ class ModelConfig:
             raise ModelError("invalid model config: " + "; ".join(problems))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -64,8 +64,8 @@ class ModelConfig:
         return cls(**values)
 
     @classmethod
-    def load(cls, path: Path) -> "ModelConfig":
-        from mura_cli.io.sniff import regular_file_problem
+    def load(cls, path: Path) -> ModelConfig:
+        from mura_cli.inputs.sniff import regular_file_problem
 
         try:
             problem = regular_file_problem(Path(path))
@@ -85,15 +85,28 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
 _NUMBER = (int, float)
-_CONFIG_TYPES = {"architecture": str, "threshold": _NUMBER, "resize": str, "aggregation": str, "output_stride": int,
-                 "pooling": str,
-                 "temperature": _NUMBER, "logit_bias": _NUMBER, "precision_checks": dict, "name": str, "positive_class": str,
-                 "negative_class": str, "task": str, "provenance": dict, "format_version": int}
+_CONFIG_TYPES = {
+    "architecture": str,
+    "threshold": _NUMBER,
+    "resize": str,
+    "aggregation": str,
+    "output_stride": int,
+    "pooling": str,
+    "temperature": _NUMBER,
+    "logit_bias": _NUMBER,
+    "precision_checks": dict,
+    "name": str,
+    "positive_class": str,
+    "negative_class": str,
+    "task": str,
+    "provenance": dict,
+    "format_version": int,
+}
 MAX_INPUT_SIDE = 1024  # a 1024 x 1024 canvas is 4 MiB per image in uint8; larger is an error, not a model
 
 
@@ -108,7 +121,9 @@ def _type_problems(data: dict):
         if key not in data:
             continue
         element = int if key == "input_size" else _NUMBER
-        if not isinstance(value, list) or not all(isinstance(v, element) and not isinstance(v, bool) for v in value):
+        if not isinstance(value, list) or not all(
+            isinstance(v, element) and not isinstance(v, bool) for v in value
+        ):
             kind = "integers" if key == "input_size" else "numbers"
             yield f"'{key}' must be a list of {kind}"
 
@@ -117,8 +132,10 @@ def _model_config_problems(cfg: ModelConfig):
     if not isinstance(cfg.architecture, str) or not cfg.architecture:
         yield "'architecture' must be a timm model name"
     elif ":" in cfg.architecture or "/" in cfg.architecture:
-        yield (f"'architecture' {cfg.architecture!r} names a hub or URL model; a model folder is loaded offline "
-               "from its own weights, so only plain timm architecture names are accepted")
+        yield (
+            f"'architecture' {cfg.architecture!r} names a hub or URL model; a model folder is loaded offline "
+            "from its own weights, so only plain timm architecture names are accepted"
+        )
     size = cfg.input_size
     if len(size) != 3 or size[0] not in (1, 3) or min(size[1:]) < 16 or max(size[1:]) > MAX_INPUT_SIDE:
         yield f"'input_size' must be [1 or 3, height, width] with sides in 16..{MAX_INPUT_SIDE}, got {list(size)}"
@@ -139,7 +156,9 @@ def _model_config_problems(cfg: ModelConfig):
         yield f"'pooling' must be one of {list(choices.POOLINGS)}"
     if cfg.output_stride not in (8, 16, 32):
         yield f"'output_stride' must be 8, 16 or 32, got {cfg.output_stride}"
-    if not (isinstance(cfg.temperature, (int, float)) and math.isfinite(cfg.temperature) and cfg.temperature > 0):
+    if not (
+        isinstance(cfg.temperature, (int, float)) and math.isfinite(cfg.temperature) and cfg.temperature > 0
+    ):
         yield f"'temperature' must be a positive number, got {cfg.temperature}"
     if not (isinstance(cfg.logit_bias, (int, float)) and math.isfinite(cfg.logit_bias)):
         yield f"'logit_bias' must be a finite number, got {cfg.logit_bias}"
@@ -224,7 +243,9 @@ class TrainConfig:
     boxes: str | None = None  # lesion boxes CSV (as `evaluate --boxes`): supervise the heatmap of positives
     box_loss_weight: float = 1.0
     box_grow: float = 0.25  # boxes grown by this share of their size on every side for the box loss
-    box_loss_from: int = 0  # first epoch (0-based) with the box loss; the best checkpoint is chosen from then on
+    box_loss_from: int = (
+        0  # first epoch (0-based) with the box loss; the best checkpoint is chosen from then on
+    )
     flip: bool = True
     rotate: float = 10.0  # degrees (the MURA paper used 30; 10 validated better, benchmarks/RECIPE.md)
     brightness: float = 0.2
@@ -232,6 +253,7 @@ class TrainConfig:
     scale: float = 0.1
     resume: bool = False
     resume_changes: tuple[str, ...] = ()  # recipe fields --resume may change (epochs, patience)
+    deterministic: bool | None = None  # None: on for the CPU, off on GPUs (cuDNN autotuning is faster)
     cache: bool = True  # decode each image once into a memory-mapped uint8 cache (see mura_cli.cache)
     name: str = ""
     positive_class: str = "abnormal"  # what the model's probability is the probability of

@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from mura_cli.config import ModelConfig
-from mura_cli.modeling import create_model, save_model
+from mura_cli.model.factory import create_model, save_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,6 +24,8 @@ def _decoded_cache_in_tmp(tmp_path_factory):
     import os
 
     os.environ["MURA_CLI_CACHE"] = str(tmp_path_factory.mktemp("decoded-cache"))
+
+
 SHARED_DICOM = REPO.parent / "shared" / "dicom"
 
 
@@ -118,7 +120,12 @@ def learnable_mura(root: Path, patients: int = 40, seed: int = 0) -> Path:
         part = ("XR_WRIST", "XR_HAND")[patient % 2]
         for study in range(2):
             label = int(rng.integers(0, 2))
-            folder = root / part / f"patient{patient:05d}" / f"study{study + 1}_{'positive' if label else 'negative'}"
+            folder = (
+                root
+                / part
+                / f"patient{patient:05d}"
+                / f"study{study + 1}_{'positive' if label else 'negative'}"
+            )
             for k in range(2):
                 image = rng.normal(0.3, 0.05, (80, 64))
                 if label:

@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from mura_cli import boxes as box_geometry
-from mura_cli import cam, faithfulness, losses, metrics
 from mura_cli.config import ModelConfig, TrainConfig
-from mura_cli.device import Runtime
 from mura_cli.errors import InputError
-from mura_cli.geometry import Geometry, fit_geometry
-from mura_cli.modeling import create_model
-from mura_cli.train import Trainer
+from mura_cli.evaluation import faithfulness, metrics
+from mura_cli.inference.device import Runtime
+from mura_cli.inputs import boxes as box_geometry
+from mura_cli.inputs.geometry import Geometry, fit_geometry
+from mura_cli.model import cam
+from mura_cli.model.factory import create_model
+from mura_cli.training import losses
+from mura_cli.training.train import Trainer
 
 SIZE = 64
 
@@ -28,9 +30,14 @@ def _toy_batch(rng: np.random.Generator, n: int = 16):
         images[k, 0, 8:20, 8:20] = 230  # the lesion, top left
         images[k, 0, 44:56, 44:56] = 230  # the decoy, bottom right
         masks[k, 0, 4:24, 4:24] = 1
-    return {"image": torch.from_numpy(images.astype(np.uint8)), "label": torch.ones(n, dtype=torch.long),
-            "weight": torch.ones(n), "error": [""] * n, "box_mask": torch.from_numpy(masks),
-            "has_boxes": torch.ones(n, dtype=torch.bool)}
+    return {
+        "image": torch.from_numpy(images.astype(np.uint8)),
+        "label": torch.ones(n, dtype=torch.long),
+        "weight": torch.ones(n),
+        "error": [""] * n,
+        "box_mask": torch.from_numpy(masks),
+        "has_boxes": torch.ones(n, dtype=torch.bool),
+    }
 
 
 def _energy_outside(trainer: Trainer, batch: dict) -> float:
@@ -45,10 +52,19 @@ def _energy_outside(trainer: Trainer, batch: dict) -> float:
 
 def _trainer(box_weight: float, tmp_path, pooling: str = "avg") -> Trainer:
     torch.manual_seed(0)
-    cfg = ModelConfig(architecture="test_efficientnet", input_size=(1, SIZE, SIZE), mean=(0.5,), std=(0.5,),
-                      pooling=pooling)
-    config = TrainConfig(data="-", out_dir=str(tmp_path), arch="test_efficientnet", img_size=SIZE, lr=3e-3,
-                         freeze_epochs=0, boxes="boxes.csv", box_loss_weight=box_weight)
+    cfg = ModelConfig(
+        architecture="test_efficientnet", input_size=(1, SIZE, SIZE), mean=(0.5,), std=(0.5,), pooling=pooling
+    )
+    config = TrainConfig(
+        data="-",
+        out_dir=str(tmp_path),
+        arch="test_efficientnet",
+        img_size=SIZE,
+        lr=3e-3,
+        freeze_epochs=0,
+        boxes="boxes.csv",
+        box_loss_weight=box_weight,
+    )
     trainer = Trainer(config, create_model(cfg), cfg, Runtime(torch.device("cpu"), "fp32", "test"))
     trainer.set_phase(0)
     return trainer
@@ -91,20 +107,24 @@ def test_cells_covered_on_the_feature_grid():
 def test_box_masks_follow_the_letterbox_and_the_flip():
     from torchvision.transforms import v2
 
-    from mura_cli.data import _augment_with_mask
+    from mura_cli.training.augment import _augment_with_mask
 
     geometry = fit_geometry(100, 50, 64, 64, "letterbox")  # 64 x 32 on the canvas, 16 px padding left
     mask = box_geometry.box_mask([(0, 0, 25, 50)], (64, 64), geometry)  # the left half of the top half
     assert mask.sum() == 16 * 32 and mask[0:32, 16:32].all()
     image = torch.arange(64 * 64, dtype=torch.int64).remainder(256).to(torch.uint8).view(1, 64, 64)
-    flipped_image, flipped_mask = _augment_with_mask(v2.RandomHorizontalFlip(p=1.0), image, torch.from_numpy(mask)[None])
+    flipped_image, flipped_mask = _augment_with_mask(
+        v2.RandomHorizontalFlip(p=1.0), image, torch.from_numpy(mask)[None]
+    )
     assert torch.equal(flipped_image, torch.flip(image, dims=[2]))
     assert flipped_mask[0, 0:32, 32:48].all() and flipped_mask.sum() == 16 * 32
 
 
 def test_read_boxes_names_the_bad_line(tmp_path):
     good = tmp_path / "boxes.csv"
-    pd.DataFrame({"image_id": ["a.png", "a.png"], "x0": [1, 5], "y0": [2, 6], "x1": [3, 7], "y1": [4, 8]}).to_csv(good, index=False)
+    pd.DataFrame(
+        {"image_id": ["a.png", "a.png"], "x0": [1, 5], "y0": [2, 6], "x1": [3, 7], "y1": [4, 8]}
+    ).to_csv(good, index=False)
     assert box_geometry.read_boxes(str(good)) == {"a.png": [(1, 2, 3, 4), (5, 6, 7, 8)]}
     bad = tmp_path / "bad.csv"
     bad.write_text("image_id,x0,y0,x1,y1\na.png,1,2,3,4\nb.png,9,2,3,4\n")
@@ -135,7 +155,7 @@ def test_deletion_fills_the_grown_boxes_and_a_same_size_region_elsewhere():
     assert (filled[0, 8:20, 8:20] == grey).all() and (filled[0, 20:, 20:] == 100).all()
     other = faithfulness.elsewhere([region], geometry, np.random.default_rng(0))
     assert other is not None
-    (x0, y0, x1, y1), = other
+    ((x0, y0, x1, y1),) = other
     assert (x1 - x0, y1 - y0) == pytest.approx((12, 12))
     assert not faithfulness._overlaps(other[0], region)
     assert 0 <= x0 and x1 <= 64 and 0 <= y0 and y1 <= 64

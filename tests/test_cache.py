@@ -6,16 +6,16 @@ import os
 
 import numpy as np
 from safetensors.torch import load_file
+from test_train_evaluate import tiny_train_config
 
-from mura_cli.cache import DecodedCache, default_cache_dir
 from mura_cli.config import ModelConfig
-from mura_cli.data import ImageDataset
-from mura_cli.datasets import read_dataset
-from mura_cli.io.discover import records_from_table
-from mura_cli.train import train
+from mura_cli.inference.batches import ImageDataset
+from mura_cli.inputs.datasets import read_dataset
+from mura_cli.inputs.discover import records_from_table
+from mura_cli.training.cache import DecodedCache, default_cache_dir
+from mura_cli.training.train import train
 
 from conftest import learnable_mura, radiograph, save_png8
-from test_train_evaluate import tiny_train_config
 
 
 def test_cached_items_equal_decoded_items(mura_folder, tmp_path):

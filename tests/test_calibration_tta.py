@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mura_cli import calibration, metrics
-from mura_cli.device import Runtime
-from mura_cli.modeling import LoadedModel, load_model
-from mura_cli.predict import Predictor
+from mura_cli.evaluation import metrics
+from mura_cli.inference.device import Runtime
+from mura_cli.inference.predictor import Predictor
+from mura_cli.model import calibration
+from mura_cli.model.factory import LoadedModel, load_model
 
 CPU_FP32 = Runtime(torch.device("cpu"), "fp32", "test")
 
@@ -35,8 +36,12 @@ def test_rescaling_keeps_the_ranking_and_round_trips():
 
 def test_temperature_from_the_config_divides_the_logit(tiny_model):
     loaded = load_model(tiny_model)
-    x = {"image": torch.randint(0, 255, (4, 1, 64, 64), dtype=torch.uint8), "error": [""] * 4,
-         "index": torch.arange(4), "geometry": torch.tensor([[64, 64, 64, 64, 0, 0]] * 4)}
+    x = {
+        "image": torch.randint(0, 255, (4, 1, 64, 64), dtype=torch.uint8),
+        "error": [""] * 4,
+        "index": torch.arange(4),
+        "geometry": torch.tensor([[64, 64, 64, 64, 0, 0]] * 4),
+    }
     plain = Predictor(loaded, CPU_FP32, heatmaps=False)(x).probabilities
     warmer = LoadedModel(loaded.model, loaded.config.replace(temperature=2.0), loaded.path, "")
     hot = Predictor(warmer, CPU_FP32, heatmaps=False)(x).probabilities
@@ -45,8 +50,12 @@ def test_temperature_from_the_config_divides_the_logit(tiny_model):
 
 def _batch(images: torch.Tensor) -> dict:
     n = len(images)
-    return {"image": images, "error": [""] * n, "index": torch.arange(n),
-            "geometry": torch.tensor([[64, 64, 64, 64, 0, 0]] * n)}
+    return {
+        "image": images,
+        "error": [""] * n,
+        "index": torch.arange(n),
+        "geometry": torch.tensor([[64, 64, 64, 64, 0, 0]] * n),
+    }
 
 
 def test_flip_tta_heatmap_is_flipped_back(tiny_model):
@@ -81,5 +90,6 @@ def test_temperature_and_bias_undo_a_shifted_overconfident_logit():
     alone = metrics.calibration(held_out[0], calibration.rescale(held_out[1], temperature_alone))["ece"]
     both = metrics.calibration(held_out[0], calibration.rescale(held_out[1], temperature, bias))["ece"]
     assert both < 0.03 < alone
-    assert calibration.uncalibrate(calibration.rescale(held_out[1], temperature, bias), temperature, bias) == \
-        pytest.approx(held_out[1], abs=1e-6)
+    assert calibration.uncalibrate(
+        calibration.rescale(held_out[1], temperature, bias), temperature, bias
+    ) == pytest.approx(held_out[1], abs=1e-6)

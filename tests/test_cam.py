@@ -7,8 +7,8 @@ import pytest
 import timm
 import torch
 
-from mura_cli import cam
-from mura_cli.geometry import Geometry, crop_region, fit_geometry, place_on_canvas
+from mura_cli.inputs.geometry import Geometry, crop_region, fit_geometry, place_on_canvas
+from mura_cli.model import cam
 
 
 def autograd_gradcam(model, x):

@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mura_cli.datasets import read_dataset, select_split
-from mura_cli.datasets.fracatlas import read_fracatlas
 from mura_cli.errors import InputError
-from mura_cli.split import patient_split
-from mura_cli.train import class_weights
+from mura_cli.inputs.datasets import read_dataset, select_split
+from mura_cli.inputs.datasets.fracatlas import read_fracatlas
+from mura_cli.training.split import patient_split
+from mura_cli.training.train import class_weights
 
 from conftest import REPO, radiograph, save_png8
 
@@ -19,8 +19,13 @@ from conftest import REPO, radiograph, save_png8
 def fake_mura_root(base):
     """MURA-v1.1 with its four official CSVs (no header; paths start with 'MURA-v1.1/')."""
     root = base / "MURA-v1.1"
-    studies = {"train": [("XR_WRIST", "patient00001", "study1_positive", 1), ("XR_ELBOW", "patient00002", "study1_negative", 0)],
-               "valid": [("XR_WRIST", "patient11185", "study1_negative", 0)]}
+    studies = {
+        "train": [
+            ("XR_WRIST", "patient00001", "study1_positive", 1),
+            ("XR_ELBOW", "patient00002", "study1_negative", 0),
+        ],
+        "valid": [("XR_WRIST", "patient11185", "study1_negative", 0)],
+    }
     for split, rows in studies.items():
         image_lines, study_lines = [], []
         for part, patient, study, label in rows:
@@ -91,8 +96,13 @@ def test_patient_split_keeps_patients_whole_and_strata_balanced(learnable_folder
 
 
 def test_class_weights_follow_the_mura_paper():
-    train = pd.DataFrame({"study_id": ["a", "b", "c", "d", "e"], "body_part": ["WRIST"] * 4 + ["HAND"],
-                          "label": [1, 0, 0, 0, 1]})
+    train = pd.DataFrame(
+        {
+            "study_id": ["a", "b", "c", "d", "e"],
+            "body_part": ["WRIST"] * 4 + ["HAND"],
+            "label": [1, 0, 0, 0, 1],
+        }
+    )
     weights = class_weights(train, "per-part")
     assert weights[("WRIST", 1)] == pytest.approx(3 / 4) and weights[("WRIST", 0)] == pytest.approx(1 / 4)
     assert weights[("HAND", 1)] == 1.0  # a part with one class only is not reweighted

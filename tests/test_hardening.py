@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian
 
-from mura_cli import score as score_module
 from mura_cli.choices import ExitCode
 from mura_cli.config import ScoreConfig
 from mura_cli.errors import DecodeError, InputError
-from mura_cli.io.decode import decode_image
-from mura_cli.score import score_folder
+from mura_cli.inputs.decode import decode_image
+from mura_cli.scoring import score as score_module
+from mura_cli.scoring.score import score_folder
 
 from conftest import make_model_dir, radiograph, save_png8
 
@@ -90,12 +90,27 @@ def hostile_folder(root: Path, rg3: Path) -> dict[str, str]:
     frames.save_as(root / "odd" / "multiframe.dcm")
     expected["odd/multiframe.dcm"] = ""
     rgb = np.repeat((np.rint(radiograph(4) * 255).astype(np.uint8))[..., None], 3, axis=2)
-    small_dicom(rg3, root / "odd" / "rgb.dcm", Rows=90, Columns=70, SamplesPerPixel=3, PhotometricInterpretation="RGB",
-                PlanarConfiguration=0, BitsAllocated=8, BitsStored=8, HighBit=7, PixelData=rgb.tobytes())
+    small_dicom(
+        rg3,
+        root / "odd" / "rgb.dcm",
+        Rows=90,
+        Columns=70,
+        SamplesPerPixel=3,
+        PhotometricInterpretation="RGB",
+        PlanarConfiguration=0,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+        PixelData=rgb.tobytes(),
+    )
     expected["odd/rgb.dcm"] = ""
     signed = pydicom.dcmread(small_dicom(rg3, root / "odd" / "signed.dcm"))
     values = signed.pixel_array.astype(np.int16) - 512
-    signed.PixelRepresentation, signed.PixelData, signed.WindowCenter = 1, values.tobytes(), float(signed.WindowCenter) - 512
+    signed.PixelRepresentation, signed.PixelData, signed.WindowCenter = (
+        1,
+        values.tobytes(),
+        float(signed.WindowCenter) - 512,
+    )
     signed.save_as(root / "odd" / "signed.dcm")
     expected["odd/signed.dcm"] = ""
     Image.new("L", (1, 1), 128).save(root / "odd" / "one_pixel.png")
@@ -113,8 +128,11 @@ def hostile_folder(root: Path, rg3: Path) -> dict[str, str]:
 def test_every_odd_file_gets_its_own_reason_and_the_rest_is_scored(tmp_path, tiny_model, rg3_files):
     expected = hostile_folder(tmp_path / "in", rg3_files[0])
     started = time.perf_counter()
-    result = score_folder(ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "out"),
-                                      model=str(tiny_model), workers=0))
+    result = score_folder(
+        ScoreConfig(
+            input=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0
+        )
+    )
     assert time.perf_counter() - started < 60  # the bomb is refused, not decoded
     assert result.exit_code == ExitCode.PARTIAL
     rows = pd.read_csv(tmp_path / "out" / "images.csv", keep_default_na=False).set_index("path")
@@ -139,8 +157,9 @@ def test_a_file_deleted_during_the_run(tmp_path, tiny_model, monkeypatch, mura_f
         return found
 
     monkeypatch.setattr(score_module, "discover", discover_then_delete)
-    result = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"), model=str(tiny_model),
-                                      workers=0))
+    result = score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"), model=str(tiny_model), workers=0)
+    )
     assert result.exit_code == ExitCode.PARTIAL
     assert [reason for _, reason in result.failures] == ["file disappeared before it could be read"]
 
@@ -189,8 +208,23 @@ def _many_images(root: Path, count: int) -> Path:
 
 
 def _score_command(data: Path, out: Path, model: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mura_cli", "score", str(data), "--out", str(out), "--model", str(model),
-            "--workers", "0", "--batch-size", "1", "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mura_cli",
+        "score",
+        str(data),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--workers",
+        "0",
+        "--batch-size",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def _wait_for_rows(path: Path, rows: int, process, limit: float = 120) -> None:
@@ -216,8 +250,9 @@ def test_killed_run_resumes_to_the_same_rows(tmp_path):
     assert 10 <= len(partial) < 48
     refused = subprocess.run(_score_command(data, tmp_path / "cut", model), capture_output=True, text=True)
     assert refused.returncode == 1 and "--resume" in refused.stderr
-    resumed = subprocess.run(_score_command(data, tmp_path / "cut", model, "--resume"), capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        _score_command(data, tmp_path / "cut", model, "--resume"), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     for name in ("images.csv", "studies.csv"):
         assert (tmp_path / "cut" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
@@ -233,8 +268,12 @@ def test_ctrl_c_and_sigterm_end_cleanly_and_say_how_to_resume(tmp_path, signal_n
     command.remove("--quiet")
     # as from a terminal: a test run started in the background (`pytest &`) has SIGINT ignored, and a
     # child would inherit that
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     _wait_for_rows(tmp_path / "out" / "images.csv", 5, process)
     process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=120)
@@ -244,20 +283,36 @@ def test_ctrl_c_and_sigterm_end_cleanly_and_say_how_to_resume(tmp_path, signal_n
 
 
 def test_resume_refuses_results_of_another_model(tmp_path, tiny_model, resnet_model, mura_folder):
-    score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"), model=str(tiny_model), workers=0))
+    score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"), model=str(tiny_model), workers=0)
+    )
     with pytest.raises(InputError, match="another model"):
-        score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"), model=str(resnet_model),
-                                 workers=0), resume=True)
+        score_folder(
+            ScoreConfig(
+                input=str(mura_folder), out_dir=str(tmp_path / "o"), model=str(resnet_model), workers=0
+            ),
+            resume=True,
+        )
 
 
 def test_include_phi_adds_patient_id_only_when_asked(tmp_path, tiny_model, rg3_files):
     small_dicom(rg3_files[0], tmp_path / "in" / "a.dcm", PatientID="PID-4242")
-    plain = score_folder(ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "o1"), model=str(tiny_model),
-                                     workers=0))
+    plain = score_folder(
+        ScoreConfig(
+            input=str(tmp_path / "in"), out_dir=str(tmp_path / "o1"), model=str(tiny_model), workers=0
+        )
+    )
     assert "PID-4242" not in (tmp_path / "o1" / "studies.csv").read_text()
     assert plain.studies["patient_id"].tolist() == [""]
-    with_phi = score_folder(ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "o2"),
-                                        model=str(tiny_model), workers=0, include_phi=True))
+    with_phi = score_folder(
+        ScoreConfig(
+            input=str(tmp_path / "in"),
+            out_dir=str(tmp_path / "o2"),
+            model=str(tiny_model),
+            workers=0,
+            include_phi=True,
+        )
+    )
     assert with_phi.studies["patient_id"].tolist() == ["PID-4242"]
 
 
@@ -273,8 +328,22 @@ def test_nothing_is_imported_from_the_working_directory(tmp_path, tiny_model, mu
     (trap / "typer.py").write_text(planted)
     (trap / "mura_cli" / "__init__.py").write_text(planted)
     launcher = Path(sys.executable).with_name("mura-cli")
-    result = subprocess.run([str(launcher), "score", str(mura_folder), "--out", str(tmp_path / "out"), "--model",
-                             str(tiny_model), "--quiet"], cwd=trap, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            str(launcher),
+            "score",
+            str(mura_folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            str(tiny_model),
+            "--quiet",
+        ],
+        cwd=trap,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert not marker.exists(), marker.read_text()
     assert (tmp_path / "out" / "images.csv").is_file()
@@ -290,8 +359,21 @@ def test_fifos_and_other_special_files_never_hang(tmp_path, tiny_model, mura_fol
     os.symlink(tmp_path / "elsewhere.fifo", data / "linked.dcm")
     os.mkfifo(data / "1.2.840.99999")  # extension-less: only DICOM content would make it an image
     out = tmp_path / "out"
-    result = subprocess.run([str(Path(sys.executable).with_name("mura-cli")), "score", str(data), "--out", str(out),
-                             "--model", str(tiny_model), "--quiet"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("mura-cli")),
+            "score",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 3, result.stderr
     images = pd.read_csv(out / "images.csv", keep_default_na=False)
     reasons = dict(zip(images["path"], images["error"]))
@@ -304,15 +386,27 @@ def test_fifos_and_other_special_files_never_hang(tmp_path, tiny_model, mura_fol
     model.mkdir()
     (model / "model.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes())
     os.mkfifo(model / "config.json")
-    result = subprocess.run([str(Path(sys.executable).with_name("mura-cli")), "score", str(data), "--out",
-                             str(tmp_path / "out2"), "--model", str(model)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("mura-cli")),
+            "score",
+            str(data),
+            "--out",
+            str(tmp_path / "out2"),
+            "--model",
+            str(model),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "config.json: not a regular file: a FIFO" in result.stderr
 
 
 def test_unreadable_folders_and_files_are_reported_not_skipped(tmp_path, mura_folder, monkeypatch):
     """Root reads everything, so the permission errors are simulated where the OS would raise them."""
-    from mura_cli.io import discover as discover_module
-    from mura_cli.io import sniff
+    from mura_cli.inputs import discover as discover_module
+    from mura_cli.inputs import sniff
 
     locked = mura_folder / "XR_HAND" / "locked"
     locked.mkdir(parents=True)
@@ -337,15 +431,19 @@ def test_unreadable_folders_and_files_are_reported_not_skipped(tmp_path, mura_fo
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, tiny_model, mura_folder):
-    from mura_cli import folder_lock
+    from mura_cli.results import lock as folder_lock
 
     out = tmp_path / "out"
     with folder_lock.hold(out):  # as a live run holds it
         for resume in (False, True):
             with pytest.raises(InputError, match=r"in use by another mura-cli run \(process \d+\)"):
-                score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0),
-                             resume=resume)
-    result = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0))
+                score_folder(
+                    ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0),
+                    resume=resume,
+                )
+    result = score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0)
+    )
     assert result.exit_code == 0  # free again once the holder has ended
 
 
@@ -354,15 +452,20 @@ def test_resume_refuses_another_input_and_retries_failed_rows(tmp_path, tiny_mod
     broken = mura_folder / "XR_HAND" / "patient00009" / "study1_negative" / "image1.png"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    first = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0))
+    first = score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0)
+    )
     assert first.exit_code == 3
     other = tmp_path / "other"
     shutil.copytree(mura_folder, other)  # same relative names, another folder
     with pytest.raises(InputError, match="another input"):
-        score_folder(ScoreConfig(input=str(other), out_dir=str(out), model=str(tiny_model), workers=0), resume=True)
+        score_folder(
+            ScoreConfig(input=str(other), out_dir=str(out), model=str(tiny_model), workers=0), resume=True
+        )
     save_png8(radiograph(5), broken)  # the file is mended: resume scores it instead of keeping the failure
-    again = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0),
-                         resume=True)
+    again = score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0), resume=True
+    )
     assert again.exit_code == 0
     row = again.images.set_index("path").loc["XR_HAND/patient00009/study1_negative/image1.png"]
     assert row["error"] == "" and 0 <= row["probability"] <= 1
@@ -379,8 +482,9 @@ def test_resume_scores_again_an_image_changed_in_place(tmp_path, tiny_model, mur
     save_png8(radiograph(99, height=120, width=60), mura_folder / changed)  # same name, another picture
     os.utime(mura_folder / changed, ns=(1_000_000_000, 1_000_000_000))
     again = score_folder(config, resume=True)
-    fresh = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "fresh"), model=str(tiny_model),
-                                     workers=0))
+    fresh = score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "fresh"), model=str(tiny_model), workers=0)
+    )
     assert again.run["resumed_changed_images"] == 1 and again.run["resumed_images"] == len(first.images) - 1
     pd.testing.assert_series_equal(again.images["probability"], fresh.images["probability"])
     assert again.images.set_index("path").loc[changed, "height"] == 120
@@ -391,7 +495,9 @@ def test_resume_scores_again_rows_written_without_a_fingerprint(tmp_path, tiny_m
     out = tmp_path / "out"
     config = ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0)
     first = score_folder(config)
-    old = pd.read_csv(out / "images.csv").drop(columns=["file_bytes", "file_mtime_ns"])  # an older release's file
+    old = pd.read_csv(out / "images.csv").drop(
+        columns=["file_bytes", "file_mtime_ns"]
+    )  # an older release's file
     old.to_csv(out / "images.csv", index=False)
     again = score_folder(config, resume=True)
     assert again.run["resumed_images"] == 0 and again.run["resumed_changed_images"] == len(first.images)
@@ -400,8 +506,12 @@ def test_resume_scores_again_rows_written_without_a_fingerprint(tmp_path, tiny_m
 
 def test_names_that_are_not_utf8_or_hold_line_breaks_round_trip(tmp_path, tiny_model):
     folder = tmp_path / "names"
-    names = {os.fsdecode(b"\xff\xfe.png"): "\\xff\\xfe.png", "car\rriage.png": "car\\rriage.png",
-             "new\nline.png": "new\\nline.png", "plain é.png": "plain é.png"}
+    names = {
+        os.fsdecode(b"\xff\xfe.png"): "\\xff\\xfe.png",
+        "car\rriage.png": "car\\rriage.png",
+        "new\nline.png": "new\\nline.png",
+        "plain é.png": "plain é.png",
+    }
     for seed, name in enumerate(names):
         save_png8(radiograph(seed), Path(os.fsdecode(folder)) / name)
     config = ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0)
@@ -426,11 +536,19 @@ def test_non_radiograph_modalities_get_a_reason_unless_allowed(tmp_path, tiny_mo
     rows = result.images.set_index("path")
     assert result.exit_code == ExitCode.PARTIAL
     assert rows.loc["cr.dcm", "error"] == "" and 0 <= rows.loc["cr.dcm", "probability"] <= 1
-    assert rows.loc["ct.dcm", "error"] == ("modality CT (computed tomography) is not a radiograph; "
-                                           "--allow-modality CT scores it anyway")
+    assert rows.loc["ct.dcm", "error"] == (
+        "modality CT (computed tomography) is not a radiograph; --allow-modality CT scores it anyway"
+    )
     assert rows.loc["mr.dcm", "error"].startswith("modality MR (magnetic resonance)")
-    allowed = score_folder(ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out2"), model=str(tiny_model),
-                                       workers=0, allow_modality=("CT",)))
+    allowed = score_folder(
+        ScoreConfig(
+            input=str(folder),
+            out_dir=str(tmp_path / "out2"),
+            model=str(tiny_model),
+            workers=0,
+            allow_modality=("CT",),
+        )
+    )
     rows = allowed.images.set_index("path")
     assert rows.loc["ct.dcm", "error"] == "" and rows.loc["mr.dcm", "error"] != ""
 
@@ -458,7 +576,9 @@ def test_multi_frame_dicom_decodes_its_first_frame_and_bounds_the_count(tmp_path
     single.Rows, single.Columns = 64, 64
     single.PixelData = np.ascontiguousarray(frame).tobytes()
     single.save_as(tmp_path / "single.dcm")
-    np.testing.assert_array_equal(decode_image(tmp_path / "frames.dcm"), decode_image(tmp_path / "single.dcm"))
+    np.testing.assert_array_equal(
+        decode_image(tmp_path / "frames.dcm"), decode_image(tmp_path / "single.dcm")
+    )
     ds.NumberOfFrames = 50_000  # more than the file holds, and over the bound
     ds.save_as(tmp_path / "claims.dcm")
     with pytest.raises(DecodeError, match="declares 50,000 frames"):
@@ -469,9 +589,13 @@ def test_resume_with_pdf_rescores_rows_that_have_no_thumbnail(tmp_path, tiny_mod
     from pypdf import PdfReader
 
     out = tmp_path / "out"
-    first = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0))
-    again = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0,
-                                     pdf=True), resume=True)
+    first = score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0)
+    )
+    again = score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0, pdf=True),
+        resume=True,
+    )
     assert again.run["resumed_images"] == 0  # scored again: the first run kept no thumbnails
     pd.testing.assert_series_equal(again.images["probability"], first.images["probability"])
     pictures = sum(len(page.images) for page in PdfReader(out / "report.pdf").pages)
@@ -483,18 +607,21 @@ def _no_space_for(name: str, real):
         if Path(path).name == name:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(table, path)
+
     return write
 
 
 def test_full_disk_is_one_line_exit_4_and_resume_finishes(tmp_path, tiny_model, mura_folder, monkeypatch):
     from typer.testing import CliRunner
 
-    from mura_cli.cli import app
+    from mura_cli.cli.commands import app
 
     out = tmp_path / "out"
     monkeypatch.setattr(score_module, "write_csv", _no_space_for("studies.csv", score_module.write_csv))
-    result = CliRunner().invoke(app, ["score", str(mura_folder), "--out", str(out), "--model", str(tiny_model),
-                                      "--workers", "0", "-q"])
+    result = CliRunner().invoke(
+        app,
+        ["score", str(mura_folder), "--out", str(out), "--model", str(tiny_model), "--workers", "0", "-q"],
+    )
     assert result.exit_code == ExitCode.OUTPUT, result.output
     assert "studies.csv: cannot write the results (No space left on device)" in result.output
     assert "Traceback" not in result.output and "--resume" in result.output
@@ -502,13 +629,15 @@ def test_full_disk_is_one_line_exit_4_and_resume_finishes(tmp_path, tiny_model, 
     images = len(list(mura_folder.rglob("*.png")))
     assert len(pd.read_csv(out / "images.csv")) == images  # every finished row kept
     monkeypatch.undo()
-    resumed = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0),
-                           resume=True)
+    resumed = score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0), resume=True
+    )
     assert resumed.run["status"] == "finished" and resumed.run["resumed_images"] == images
 
 
-def test_overwrite_keeps_the_old_results_when_the_new_run_cannot_be_written(tmp_path, tiny_model, mura_folder,
-                                                                            monkeypatch):
+def test_overwrite_keeps_the_old_results_when_the_new_run_cannot_be_written(
+    tmp_path, tiny_model, mura_folder, monkeypatch
+):
     from mura_cli.errors import OutputError
 
     out = tmp_path / "out"
@@ -536,8 +665,11 @@ def test_read_only_results_folder_is_one_line(tmp_path, tiny_model, mura_folder,
 
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(OutputError, match=r"ro: cannot write the results \(Read-only file system\)"):
-        score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "ro"), model=str(tiny_model),
-                                 workers=0))
+        score_folder(
+            ScoreConfig(
+                input=str(mura_folder), out_dir=str(tmp_path / "ro"), model=str(tiny_model), workers=0
+            )
+        )
 
 
 def test_failure_reasons_are_one_line(tmp_path, tiny_model, mura_folder, monkeypatch):
@@ -552,8 +684,9 @@ def test_failure_reasons_are_one_line(tmp_path, tiny_model, mura_folder, monkeyp
         return replaced(found, images=(replaced(first, error="header:\n  bad\ttag"), *found.images[1:]))
 
     monkeypatch.setattr(score_module, "discover", with_odd_reason)
-    result = score_folder(ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model),
-                                      workers=0))
+    result = score_folder(
+        ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0)
+    )
     assert "header: bad tag" in set(result.images["error"])
     assert len((tmp_path / "out" / "images.csv").read_text().splitlines()) == len(result.images) + 1
 
@@ -561,7 +694,9 @@ def test_failure_reasons_are_one_line(tmp_path, tiny_model, mura_folder, monkeyp
 def test_resume_keeps_rows_when_another_row_has_no_fingerprint(tmp_path, tiny_model, mura_folder):
     """A failed row (no size or time) must not turn the other rows' nanosecond times into floats."""
     os.symlink("missing.png", mura_folder / "XR_WRIST" / "broken_link.png")
-    config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0)
+    config = ScoreConfig(
+        input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0
+    )
     first = score_folder(config)
     scored = int((first.images["error"] == "").sum())
     again = score_folder(config, resume=True)
@@ -572,14 +707,18 @@ def test_resume_keeps_rows_when_another_row_has_no_fingerprint(tmp_path, tiny_mo
 def test_an_input_folder_name_that_is_not_utf8_reaches_run_json(tmp_path, tiny_model):
     folder = Path(os.fsdecode(bytes(tmp_path) + b"/scans\xff"))
     save_png8(radiograph(1), folder / "a.png")
-    result = score_folder(ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out"), model=str(tiny_model),
-                                      workers=0))
+    result = score_folder(
+        ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0)
+    )
     assert result.exit_code == 0
-    assert json.loads((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))["input_root"].endswith("scans\\xff")
+    assert json.loads((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))["input_root"].endswith(
+        "scans\\xff"
+    )
 
 
-def test_every_pydicom_test_file_is_accounted_for_without_a_traceback_warning_or_hang(tmp_path, tiny_model,
-                                                                                        rg3_files):
+def test_every_pydicom_test_file_is_accounted_for_without_a_traceback_warning_or_hang(
+    tmp_path, tiny_model, rg3_files
+):
     """All of pydicom's and pydicom-data's test files (CT, MR, US, SEG, RT, SR, DICOMDIR, damaged files,
     every transfer syntax) beside the odd files above, once screened and once with every modality let in
     so that each file reaches the decoder: one row or one skip per file, a one-line reason per failure."""
@@ -591,12 +730,19 @@ def test_every_pydicom_test_file_is_accounted_for_without_a_traceback_warning_or
     shutil.copytree(Path(data_store.__file__).parent / "data", root / "pydicom-data")
     hostile_folder(root / "odd", rg3_files[0])
     files = [p for p in root.rglob("*") if p.is_file() or p.is_symlink()]
-    everything = [arg for code in ("CT", "MR", "US", "OT", "NM", "SEG", "SR", "RTDOSE", "RTPLAN", "RTSTRUCT", "ECG")
-                  for arg in ("--allow-modality", code)]
+    everything = [
+        arg
+        for code in ("CT", "MR", "US", "OT", "NM", "SEG", "SR", "RTDOSE", "RTPLAN", "RTSTRUCT", "ECG")
+        for arg in ("--allow-modality", code)
+    ]
     for name, extra in (("screened", []), ("all", everything)):
         out = tmp_path / name
-        run = subprocess.run([*_score_command(root, out, tiny_model), "--batch-size", "16", *extra],
-                             capture_output=True, text=True, timeout=300)  # a hang fails here
+        run = subprocess.run(
+            [*_score_command(root, out, tiny_model), "--batch-size", "16", *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )  # a hang fails here
         assert run.returncode == ExitCode.PARTIAL, run.stderr[-2000:]
         assert "Traceback" not in run.stderr and "Warning" not in run.stderr, run.stderr[-2000:]
         rows = pd.read_csv(out / "images.csv", keep_default_na=False)

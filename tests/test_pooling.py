@@ -8,18 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from mura_cli import cam
 from mura_cli.config import ModelConfig, TrainConfig
-from mura_cli.device import Runtime
 from mura_cli.errors import ModelError
-from mura_cli.modeling import create_model, load_model
-from mura_cli.pooling import CellPooledLinear
-from mura_cli.predict import Predictor
+from mura_cli.inference.device import Runtime
+from mura_cli.inference.predictor import Predictor
+from mura_cli.model import cam
+from mura_cli.model.factory import create_model, load_model
+from mura_cli.model.pooling import CellPooledLinear
+
 from conftest import make_model_dir
 
 
 def _cfg(arch: str, pooling: str = "lse", size: int = 64) -> ModelConfig:
-    return ModelConfig(architecture=arch, input_size=(1, size, size), mean=(0.5,), std=(0.25,), pooling=pooling)
+    return ModelConfig(
+        architecture=arch, input_size=(1, size, size), mean=(0.5,), std=(0.25,), pooling=pooling
+    )
 
 
 @pytest.mark.parametrize("arch", ["test_efficientnet", "resnet10t"])

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mura_cli import device as device_module
-from mura_cli import precision_check
-from mura_cli.device import resolve_precision
-from mura_cli.io.discover import discover
-from mura_cli.modeling import load_model, resolve_model_dir
+from mura_cli.inference import device as device_module
+from mura_cli.inference import precision_check
+from mura_cli.inference.device import resolve_precision
+from mura_cli.inputs.discover import discover
+from mura_cli.model.factory import load_model, resolve_model_dir
 
 CPU = torch.device("cpu")
 PASSED = {"cpu": {"bf16": {"passed": True, "p99": 0.002, "max": 0.004}}}
@@ -33,7 +33,9 @@ def test_auto_uses_bf16_only_where_the_check_passed(native_bf16):
     assert resolve_precision("auto", CPU, checks=PASSED)[0] == "bf16"
     precision, why = resolve_precision("auto", CPU, checks=FAILED)
     assert precision == "fp32" and "beyond rounding" in why
-    assert resolve_precision("auto", CPU, checks={"cuda": PASSED["cpu"]})[0] == "fp32"  # another kind of device
+    assert (
+        resolve_precision("auto", CPU, checks={"cuda": PASSED["cpu"]})[0] == "fp32"
+    )  # another kind of device
 
 
 def test_explicit_precision_is_kept_and_training_auto_is_fp32_on_cpu(native_bf16):
@@ -64,7 +66,9 @@ def test_check_precision_records_into_the_model_config(tiny_model, tmp_path, mur
     precision_check.record_checks(model_dir, "cpu", results)
     stored = json.loads((model_dir / "config.json").read_text())["precision_checks"]["cpu"]["bf16"]
     assert stored["passed"] == results["bf16"]["passed"] and stored["torch"] == torch.__version__
-    assert load_model(model_dir).config.precision_checks["cpu"]["bf16"]["p99"] == pytest.approx(results["bf16"]["p99"])
+    assert load_model(model_dir).config.precision_checks["cpu"]["bf16"]["p99"] == pytest.approx(
+        results["bf16"]["p99"]
+    )
 
 
 def test_shipped_model_precisions_that_auto_may_choose_keep_the_answer(shared_dicom, rg3_files, tmp_path):

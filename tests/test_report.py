@@ -7,14 +7,15 @@ import pytest
 from pypdf import PdfReader
 
 from mura_cli.config import ScoreConfig
-from mura_cli.score import score_folder
+from mura_cli.scoring.score import score_folder
 
 
 @pytest.fixture()
 def scored_with_pdf(mura_folder, tmp_path, tiny_model):
     (mura_folder / "XR_ELBOW" / "patient00002" / "study1_negative" / "bad.png").write_text("no image")
-    config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model),
-                         workers=0, pdf=True)
+    config = ScoreConfig(
+        input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0, pdf=True
+    )
     return score_folder(config)
 
 
@@ -47,7 +48,7 @@ def test_pdf_lists_failures_and_carries_footer_on_every_page(scored_with_pdf):
     reader = PdfReader(scored_with_pdf.out_dir / "report.pdf")
     text = _text(reader)
     assert "XR_ELBOW/patient00002/study1_negative/bad.png" in text.replace("\n", "")
-    assert "not a PNG, JPEG or DICOM file" in text
+    assert "its content is not a PNG or JPEG image" in " ".join(text.split())
     pages = len(reader.pages)
     for number, page in enumerate(reader.pages, start=1):
         page_text = page.extract_text()

@@ -17,7 +17,7 @@ import pytest
 from pypdf import PdfReader
 
 from mura_cli.errors import ReportError
-from mura_cli.geometry import fit_geometry
+from mura_cli.inputs.geometry import fit_geometry
 from mura_cli.report import pdf as report_pdf
 from mura_cli.report.images import make_thumbnails
 from mura_cli.report.parts import Part, render_parts
@@ -34,24 +34,54 @@ def _report_inputs(n_studies: int = N_STUDIES):
         for i in range(1 + s % 4):
             paths.append(f"XR_HAND/patient{s:05d}/study1/image{i}.png")
             study_ids.append(f"XR_HAND/patient{s:05d}/study1")
-    images = pd.DataFrame({"path": paths, "study_id": study_ids, "probability": rng.random(len(paths)), "error": ""})
+    images = pd.DataFrame(
+        {"path": paths, "study_id": study_ids, "probability": rng.random(len(paths)), "error": ""}
+    )
     images.loc[5, ["probability", "error"]] = [np.nan, "not a PNG, JPEG or DICOM file"]
     studies = images.groupby("study_id", as_index=False, sort=False).agg(
-        probability=("probability", "mean"), n_images=("path", "size"))
-    studies = studies.assign(body_part="HAND", label=pd.array([pd.NA] * n_studies, dtype="Int64"), n_failed=0,
-                             prediction=pd.array((studies["probability"] >= 0.5).astype(int), dtype="Int64"))
+        probability=("probability", "mean"), n_images=("path", "size")
+    )
+    studies = studies.assign(
+        body_part="HAND",
+        label=pd.array([pd.NA] * n_studies, dtype="Int64"),
+        n_failed=0,
+        prediction=pd.array((studies["probability"] >= 0.5).astype(int), dtype="Int64"),
+    )
     geometry = fit_geometry(300, 200, 64, 64, "letterbox")
-    thumbs = {p: make_thumbnails((rng.random((64, 64)) * 255).astype(np.uint8), geometry,
-                                 rng.random((64, 64)).astype(np.float32))
-              for p, e in zip(paths, images["error"]) if not e}
-    run = {"started": "2026-11-22T10:00:00", "tool": {"version": "test"}, "config": {"input": "in"},
-           "threshold": 0.5, "aggregation": "mean",
-           "counts": {"scored": len(thumbs), "failed": 1, "skipped_files": 0, "studies": n_studies,
-                      "positive_studies": 1, "negative_studies": 1},
-           "model": {"name": "m", "weights_sha256": "0" * 64, "config": {
-               "architecture": "a", "input_size": [3, 64, 64], "task": "t",
-               "positive_class": "abnormal", "negative_class": "normal"}},
-           "runtime": {"device": "cpu", "precision": "fp32", "heatmap_method": "cam"}}
+    thumbs = {
+        p: make_thumbnails(
+            (rng.random((64, 64)) * 255).astype(np.uint8), geometry, rng.random((64, 64)).astype(np.float32)
+        )
+        for p, e in zip(paths, images["error"])
+        if not e
+    }
+    run = {
+        "started": "2026-11-22T10:00:00",
+        "tool": {"version": "test"},
+        "config": {"input": "in"},
+        "threshold": 0.5,
+        "aggregation": "mean",
+        "counts": {
+            "scored": len(thumbs),
+            "failed": 1,
+            "skipped_files": 0,
+            "studies": n_studies,
+            "positive_studies": 1,
+            "negative_studies": 1,
+        },
+        "model": {
+            "name": "m",
+            "weights_sha256": "0" * 64,
+            "config": {
+                "architecture": "a",
+                "input_size": [3, 64, 64],
+                "task": "t",
+                "positive_class": "abnormal",
+                "negative_class": "normal",
+            },
+        },
+        "runtime": {"device": "cpu", "precision": "fp32", "heatmap_method": "cam"},
+    }
     return run, images, studies, thumbs
 
 
@@ -68,6 +98,7 @@ def reports(tmp_path_factory):
             for item in items:
                 counted.append(workers)
                 yield item
+
         return render_parts(count(parts), path, workers)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -75,8 +106,9 @@ def reports(tmp_path_factory):
         patch.setattr(report_pdf, "PART_BUDGET", (100, 150))  # about 6 studies per part
         patch.setattr(report_pdf, "render_parts", counting)
         for name, workers in (("parallel", 2), ("serial", 1)):
-            out[name] = report_pdf.render_score_report(run, images, studies, thumbs, folder / f"{name}.pdf",
-                                                       workers=workers)
+            out[name] = report_pdf.render_score_report(
+                run, images, studies, thumbs, folder / f"{name}.pdf", workers=workers
+            )
     assert counted.count(2) == counted.count(1) >= 5
     return out, images, studies
 
@@ -104,7 +136,7 @@ def test_parts_keep_every_study_row_and_picture_in_order(reports):
     paths, images, studies = reports
     text = " ".join(_pages(paths["parallel"])).replace("\n", " ")
     ranked = studies.sort_values("probability", ascending=False)["study_id"].tolist()
-    table = text[:text.index("Images and heatmaps")]
+    table = text[: text.index("Images and heatmaps")]
     positions = [table.index(study) for study in ranked]
     assert positions == sorted(positions)
     assert f"{N_STUDIES} {ranked[-1]}" in table  # row numbers continue across parts
@@ -117,11 +149,15 @@ def test_parts_keep_every_study_row_and_picture_in_order(reports):
 def test_parts_keep_the_bookmarks_pointing_at_their_pages(reports):
     paths, _, _ = reports
     reader = PdfReader(paths["parallel"])
-    (title, children), = [(item, reader.outline[1]) for item in reader.outline[:1]]
+    ((title, children),) = [(item, reader.outline[1]) for item in reader.outline[:1]]
     assert title.title == "Radiograph scoring report"
     names = {child.title: reader.get_destination_page_number(child) for child in children}
-    assert list(names) == ["Summary", "Studies by probability", "Files that could not be scored (1)",
-                           "Images and heatmaps"]
+    assert list(names) == [
+        "Summary",
+        "Studies by probability",
+        "Files that could not be scored (1)",
+        "Images and heatmaps",
+    ]
     start = names["Images and heatmaps"]
     assert "Images and heatmaps" in reader.pages[start].extract_text()
     assert reader.metadata.title == "Radiograph scoring report"
@@ -143,14 +179,17 @@ def test_worker_answers_a_broken_job_with_one_error_line(tmp_path):
 def test_parts_work_from_a_script_without_a_main_guard(tmp_path):
     """Workers are separate programs: a user's unguarded script is not re-run by them."""
     script = tmp_path / "unguarded.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
         from tests_helper import build
         build()
         print("built once")
-    """))
-    (tmp_path / "tests_helper.py").write_text(textwrap.dedent(f"""
+    """)
+    )
+    (tmp_path / "tests_helper.py").write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
         from test_report_parts import _report_inputs
@@ -159,7 +198,8 @@ def test_parts_work_from_a_script_without_a_main_guard(tmp_path):
             report_pdf.ONE_DOCUMENT, report_pdf.PART_BUDGET = 0, (100, 150)
             run, images, studies, thumbs = _report_inputs(12)
             report_pdf.render_score_report(run, images, studies, thumbs, {str(tmp_path / "r.pdf")!r}, workers=2)
-    """))
+    """)
+    )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("built once") == 1
@@ -174,7 +214,9 @@ def test_css_strings_cannot_leave_their_quotes_or_the_style_element():
 def test_stale_part_folders_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
     from mura_cli.report.parts import OWNER_FILE, PARTS_PREFIX
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     stale, orphan, live = (tmp_path / f"{PARTS_PREFIX}{name}" for name in ("stale", "orphan", "live"))
     for folder in (stale, orphan, live):
         folder.mkdir()
@@ -188,8 +230,15 @@ def test_stale_part_folders_of_dead_runs_are_removed_and_live_ones_kept(tmp_path
 
 def _worker(**kwargs):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.Popen([sys.executable, "-P", "-m", "mura_cli.report.worker"], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-P", "-m", "mura_cli.report.worker"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_a_worker_stays_silent_on_ctrl_c_and_ends_with_its_input():
@@ -205,7 +254,8 @@ def test_a_worker_stays_silent_on_ctrl_c_and_ends_with_its_input():
 def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
     """After kill -9 of the run, no worker lives on."""
     launcher = tmp_path / "launch.py"
-    launcher.write_text(textwrap.dedent(f"""
+    launcher.write_text(
+        textwrap.dedent(f"""
         import os, subprocess, sys, time
         env = {{**os.environ, "PYTHONPATH": {str(Path(__file__).resolve().parents[1])!r}}}
         worker = subprocess.Popen([sys.executable, "-P", "-m", "mura_cli.report.worker"], env=env,
@@ -215,7 +265,8 @@ def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
                                   pass_fds=(worker.stdin.fileno(),))
         print(worker.pid, holder.pid, flush=True)
         time.sleep(600)
-    """))
+    """)
+    )
     parent = subprocess.Popen([sys.executable, str(launcher)], stdout=subprocess.PIPE, text=True)
     pid, holder = map(int, parent.stdout.readline().split())
     try:

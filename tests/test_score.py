@@ -11,13 +11,15 @@ import pytest
 from mura_cli.choices import ExitCode
 from mura_cli.config import ScoreConfig
 from mura_cli.errors import InputError, ModelError
-from mura_cli.score import IMAGE_COLUMNS, score_folder
+from mura_cli.scoring.score import IMAGE_COLUMNS, score_folder
 
 from conftest import MURA_STUDIES, copy, radiograph, save_png8, save_png16
 
 
 def run(input_path, out, model, **kw):
-    config = ScoreConfig(input=str(input_path), out_dir=str(out), model=str(model), workers=0, batch_size=4, **kw)
+    config = ScoreConfig(
+        input=str(input_path), out_dir=str(out), model=str(model), workers=0, batch_size=4, **kw
+    )
     return score_folder(config)
 
 
@@ -27,8 +29,17 @@ def test_csv_columns_values_and_study_grouping(mura_folder, tmp_path, tiny_model
     images = pd.read_csv(tmp_path / "out" / "images.csv", keep_default_na=False)
     studies = pd.read_csv(tmp_path / "out" / "studies.csv")
     assert list(images.columns) == IMAGE_COLUMNS
-    assert list(studies.columns) == ["study_id", "body_part", "patient_id", "label", "n_images", "n_failed",
-                                     "probability", "prediction", "threshold"]
+    assert list(studies.columns) == [
+        "study_id",
+        "body_part",
+        "patient_id",
+        "label",
+        "n_images",
+        "n_failed",
+        "probability",
+        "prediction",
+        "threshold",
+    ]
     assert images["path"].str.startswith("XR_").all() and not images["path"].str.contains("\\\\").any()
     assert (images["width"] == 70).all() and (images["height"] == 90).all()
     assert images["heatmap_peak_x"].between(0, 69).all() and images["heatmap_peak_y"].between(0, 89).all()
@@ -42,9 +53,15 @@ def test_csv_columns_values_and_study_grouping(mura_folder, tmp_path, tiny_model
         assert row["prediction"] == int(row["probability"] >= 0.5)
     assert images["probability"].astype(float).nunique() > 3  # the model does look at the images
     run_json = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert run_json["counts"] == {"images": 8, "scored": 8, "failed": 0, "studies": 4, "skipped_files": 2,
-                                  "positive_studies": int(studies["prediction"].sum()),
-                                  "negative_studies": int((studies["prediction"] == 0).sum())}
+    assert run_json["counts"] == {
+        "images": 8,
+        "scored": 8,
+        "failed": 0,
+        "studies": 4,
+        "skipped_files": 2,
+        "positive_studies": int(studies["prediction"].sum()),
+        "negative_studies": int((studies["prediction"] == 0).sum()),
+    }
     assert len(run_json["model"]["weights_sha256"]) == 64 and run_json["runtime"]["heatmap_method"] == "cam"
     assert run_json["config"]["input"] == str(mura_folder)
 
@@ -74,7 +91,9 @@ def test_twins_score_alike(tmp_path, tiny_model, rg3_files):
 
 def test_bad_files_are_reported_and_the_rest_scored(mura_folder, tmp_path, tiny_model):
     (mura_folder / "XR_WRIST" / "patient00001" / "study1_positive" / "image9.png").write_bytes(b"")
-    (mura_folder / "XR_HAND" / "patient00003" / "study1_positive" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0trunc")
+    (mura_folder / "XR_HAND" / "patient00003" / "study1_positive" / "broken.jpg").write_bytes(
+        b"\xff\xd8\xff\xe0trunc"
+    )
     result = run(mura_folder, tmp_path / "out", tiny_model)
     assert result.exit_code == ExitCode.PARTIAL
     images = pd.read_csv(tmp_path / "out" / "images.csv", keep_default_na=False).set_index("path")
@@ -84,8 +103,10 @@ def test_bad_files_are_reported_and_the_rest_scored(mura_folder, tmp_path, tiny_
     assert (images["error"] == "").sum() == 8
     studies = result.studies.set_index("study_id")
     assert studies.loc["XR_WRIST/patient00001/study1_positive", ["n_images", "n_failed"]].tolist() == [4, 1]
-    assert {p for p, _ in result.failures} == {"XR_WRIST/patient00001/study1_positive/image9.png",
-                                               "XR_HAND/patient00003/study1_positive/broken.jpg"}
+    assert {p for p, _ in result.failures} == {
+        "XR_WRIST/patient00001/study1_positive/image9.png",
+        "XR_HAND/patient00003/study1_positive/broken.jpg",
+    }
 
 
 def test_nothing_scorable_is_fatal(tmp_path, tiny_model):
@@ -103,12 +124,14 @@ def test_empty_folder_and_existing_results(tmp_path, tiny_model, mura_folder):
     run(mura_folder, tmp_path / "o2", tiny_model)
     with pytest.raises(InputError, match="--overwrite"):
         run(mura_folder, tmp_path / "o2", tiny_model)
-    config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o2"), model=str(tiny_model), workers=0)
+    config = ScoreConfig(
+        input=str(mura_folder), out_dir=str(tmp_path / "o2"), model=str(tiny_model), workers=0
+    )
     assert score_folder(config, overwrite=True).exit_code == ExitCode.OK
 
 
 def test_missing_default_model_says_how_to_get_one(tmp_path, mura_folder, monkeypatch):
-    from mura_cli import modeling
+    from mura_cli.model import factory as modeling
 
     monkeypatch.setattr(modeling, "model_search_dirs", lambda: [tmp_path / "none"])
     config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"))
@@ -118,14 +141,17 @@ def test_missing_default_model_says_how_to_get_one(tmp_path, mura_folder, monkey
 
 def test_model_by_name_from_user_models_folder(tmp_path, mura_folder, tiny_model, monkeypatch):
     monkeypatch.setenv("MURA_CLI_MODELS", str(tiny_model.parent))
-    config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "o"), model=tiny_model.name, workers=0)
+    config = ScoreConfig(
+        input=str(mura_folder), out_dir=str(tmp_path / "o"), model=tiny_model.name, workers=0
+    )
     assert score_folder(config).run["model"]["name"] == tiny_model.name
 
 
 def test_worker_processes_give_the_same_rows(mura_folder, tmp_path, resnet_model):
     single = run(mura_folder, tmp_path / "a", resnet_model)
-    config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "b"), model=str(resnet_model),
-                         workers=2, batch_size=3)
+    config = ScoreConfig(
+        input=str(mura_folder), out_dir=str(tmp_path / "b"), model=str(resnet_model), workers=2, batch_size=3
+    )
     multi = score_folder(config)
     pd.testing.assert_frame_equal(single.images, multi.images, atol=1e-6, check_exact=False)
 
@@ -154,16 +180,22 @@ def test_no_patient_demographics_in_any_output(tmp_path, tiny_model, rg3_files):
     import pydicom
     from pypdf import PdfReader
 
-    planted = {"PatientName": "Doe^Janeplanted", "PatientID": "PID-778899", "PatientBirthDate": "19230405",
-               "AccessionNumber": "ACC-55501", "InstitutionName": "Planted General Hospital",
-               "ReferringPhysicianName": "Smith^Plantedphys"}
+    planted = {
+        "PatientName": "Doe^Janeplanted",
+        "PatientID": "PID-778899",
+        "PatientBirthDate": "19230405",
+        "AccessionNumber": "ACC-55501",
+        "InstitutionName": "Planted General Hospital",
+        "ReferringPhysicianName": "Smith^Plantedphys",
+    }
     ds = pydicom.dcmread(rg3_files[0])
     for key, value in planted.items():
         setattr(ds, key, value)
     (tmp_path / "in").mkdir()
     ds.save_as(tmp_path / "in" / "study.dcm")
-    config = ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), model=str(tiny_model),
-                         workers=0, pdf=True)
+    config = ScoreConfig(
+        input=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0, pdf=True
+    )
     assert score_folder(config).exit_code == ExitCode.OK
     texts = [p.read_text(encoding="utf-8") for p in (tmp_path / "out").glob("*.csv")]
     texts.append((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mura_cli.cli import app
+from mura_cli.cli.commands import app
 from mura_cli.errors import InputError
-from mura_cli.shard import parse_shard, shard_of, walk_order_key
+from mura_cli.results.shard import parse_shard, shard_of, walk_order_key
 
 from conftest import copy, radiograph, save_png8
 
@@ -31,10 +31,13 @@ def test_shards_merge_into_the_single_run_row_for_row(tmp_path, tiny_model, rg3_
     single = runner.invoke(app, ["score", str(data), "--out", str(tmp_path / "single"), *common])
     assert single.exit_code == 3, single.output  # the broken file
     for i in range(3):
-        part = runner.invoke(app, ["score", str(data), "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/3", *common])
+        part = runner.invoke(
+            app, ["score", str(data), "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/3", *common]
+        )
         assert part.exit_code in (0, 3), part.output
-    merged = runner.invoke(app, ["merge", *(str(tmp_path / f"s{i}") for i in range(3)), "--out", str(tmp_path / "m"),
-                                 "--pdf"])
+    merged = runner.invoke(
+        app, ["merge", *(str(tmp_path / f"s{i}") for i in range(3)), "--out", str(tmp_path / "m"), "--pdf"]
+    )
     assert merged.exit_code == 3, merged.output
     for name in ("images.csv", "studies.csv"):
         assert (tmp_path / "m" / name).read_text() == (tmp_path / "single" / name).read_text(), name
@@ -45,8 +48,22 @@ def test_a_study_never_straddles_shards(tmp_path, tiny_model, rg3_files):
     data = archive(tmp_path / "data", rg3_files)
     seen = {}
     for i in range(2):
-        runner.invoke(app, ["score", str(data), "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/2",
-                            "--model", str(tiny_model), "--workers", "0", "-q"])
+        runner.invoke(
+            app,
+            [
+                "score",
+                str(data),
+                "--out",
+                str(tmp_path / f"s{i}"),
+                "--shard",
+                f"{i}/2",
+                "--model",
+                str(tiny_model),
+                "--workers",
+                "0",
+                "-q",
+            ],
+        )
         for study in pd.read_csv(tmp_path / f"s{i}" / "images.csv")["study_id"]:
             assert seen.setdefault(study, i) == i
 
@@ -54,12 +71,32 @@ def test_a_study_never_straddles_shards(tmp_path, tiny_model, rg3_files):
 def test_merge_refuses_missing_or_mismatched_shards(tmp_path, tiny_model, resnet_model, rg3_files):
     data = archive(tmp_path / "data", rg3_files)
     for i, model in ((0, tiny_model), (1, resnet_model)):
-        runner.invoke(app, ["score", str(data), "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/3",
-                            "--model", str(model), "--workers", "0", "-q"])
+        runner.invoke(
+            app,
+            [
+                "score",
+                str(data),
+                "--out",
+                str(tmp_path / f"s{i}"),
+                "--shard",
+                f"{i}/3",
+                "--model",
+                str(model),
+                "--workers",
+                "0",
+                "-q",
+            ],
+        )
     missing = runner.invoke(app, ["merge", str(tmp_path / "s0"), "--out", str(tmp_path / "m")])
     assert missing.exit_code == 1 and "shards 1/3, 2/3 missing" in missing.output
-    mixed = runner.invoke(app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
-    assert mixed.exit_code == 1 and "scored with other settings" in mixed.output and "weights_sha256" in mixed.output
+    mixed = runner.invoke(
+        app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]
+    )
+    assert (
+        mixed.exit_code == 1
+        and "scored with other settings" in mixed.output
+        and "weights_sha256" in mixed.output
+    )
 
 
 def _merge(*args):
@@ -76,8 +113,23 @@ def test_merge_refuses_damaged_overlapping_or_foreign_shards_in_one_line(tmp_pat
     save_png8(radiograph(7), other / "extra.png")
 
     def shard(name, source, index, *extra):
-        result = runner.invoke(app, ["score", str(source), "--out", str(tmp_path / name), "--shard", f"{index}/2",
-                                     "--model", str(tiny_model), "--workers", "0", "-q", *extra])
+        result = runner.invoke(
+            app,
+            [
+                "score",
+                str(source),
+                "--out",
+                str(tmp_path / name),
+                "--shard",
+                f"{index}/2",
+                "--model",
+                str(tiny_model),
+                "--workers",
+                "0",
+                "-q",
+                *extra,
+            ],
+        )
         assert result.exit_code in (0, 3), result.output
         return tmp_path / name
 
@@ -87,13 +139,32 @@ def test_merge_refuses_damaged_overlapping_or_foreign_shards_in_one_line(tmp_pat
     assert again.exit_code == 1 and "pass --overwrite" in again.output
     assert _merge(s0, s1, "--out", tmp_path / "ok", "--overwrite").exit_code == 3
     assert "is one of the shards" in _merge(s0, s1, "--out", s0).output
-    assert "--pdf" in _merge(s0, s1, "--out", tmp_path / "p", "--pdf").output and not (tmp_path / "p").exists()
+    assert (
+        "--pdf" in _merge(s0, s1, "--out", tmp_path / "p", "--pdf").output and not (tmp_path / "p").exists()
+    )
 
     (tmp_path / "model-link").symlink_to(tiny_model, target_is_directory=True)  # same model, another spelling
-    linked = runner.invoke(app, ["score", str(data), "--out", str(tmp_path / "s1b"), "--shard", "1/2", "--model",
-                                 str(tmp_path / "model-link"), "--workers", "0", "-q", "--pdf"])
+    linked = runner.invoke(
+        app,
+        [
+            "score",
+            str(data),
+            "--out",
+            str(tmp_path / "s1b"),
+            "--shard",
+            "1/2",
+            "--model",
+            str(tmp_path / "model-link"),
+            "--workers",
+            "0",
+            "-q",
+            "--pdf",
+        ],
+    )
     assert linked.exit_code in (0, 3), linked.output
-    assert _merge(s0, tmp_path / "s1b", "--out", tmp_path / "spelled").exit_code == 3  # --model and --pdf may differ
+    assert (
+        _merge(s0, tmp_path / "s1b", "--out", tmp_path / "spelled").exit_code == 3
+    )  # --model and --pdf may differ
 
     foreign = shard("foreign", other, 1)
     assert "other settings" in _merge(s0, foreign, "--out", tmp_path / "m").output
@@ -126,10 +197,19 @@ def test_shard_parsing_and_stability():
     for bad in ("4/4", "-1/3", "a/b", "3"):
         with pytest.raises(InputError):
             parse_shard(bad)
-    assert shard_of("XR_WRIST/patient00001/study1_positive", 8) == shard_of("XR_WRIST/patient00001/study1_positive", 8)
+    assert shard_of("XR_WRIST/patient00001/study1_positive", 8) == shard_of(
+        "XR_WRIST/patient00001/study1_positive", 8
+    )
     counts = [0] * 4
     for k in range(400):
         counts[shard_of(f"study{k}", 4)] += 1
     assert min(counts) > 70  # roughly even
     paths = ["b/z.png", "a.png", "b/c/d.png", "b/a.png", "c.png", "a/x.png"]
-    assert sorted(paths, key=walk_order_key) == ["a.png", "c.png", "a/x.png", "b/a.png", "b/z.png", "b/c/d.png"]
+    assert sorted(paths, key=walk_order_key) == [
+        "a.png",
+        "c.png",
+        "a/x.png",
+        "b/a.png",
+        "b/z.png",
+        "b/c/d.png",
+    ]

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from pypdf import PdfReader
 
-import mura_cli.score as score_module
+import mura_cli.scoring.score as score_module
 from mura_cli.config import ScoreConfig
 from mura_cli.report.thumbnailer import Thumbnailer
-from mura_cli.score import score_folder
+from mura_cli.scoring.score import score_folder
 
 
 class _Store:
@@ -35,6 +35,7 @@ def test_rows_come_back_in_order_and_after_their_thumbnails():
         def make():
             time.sleep(delay)
             return object()
+
         return make
 
     for n, delay in enumerate(delays):
@@ -64,8 +65,14 @@ def test_threaded_and_inline_thumbnails_give_the_same_results(mura_folder, tiny_
     results = {}
     for threads in (0, 2):
         monkeypatch.setattr(score_module, "thumbnail_threads", lambda _device, n=threads: n)
-        config = ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / f"t{threads}"), model=str(tiny_model),
-                             workers=0, pdf=True, batch_size=2)
+        config = ScoreConfig(
+            input=str(mura_folder),
+            out_dir=str(tmp_path / f"t{threads}"),
+            model=str(tiny_model),
+            workers=0,
+            pdf=True,
+            batch_size=2,
+        )
         results[threads] = score_folder(config)
     pd.testing.assert_frame_equal(results[0].images, results[2].images)
     reader = PdfReader(results[2].out_dir / "report.pdf")

@@ -10,18 +10,29 @@ import pytest
 from safetensors.torch import load_file
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
-from mura_cli import metrics
 from mura_cli.config import EvalConfig, ScoreConfig, TrainConfig
-from mura_cli.evaluate import evaluate
-from mura_cli.score import score_folder
-from mura_cli.train import train
+from mura_cli.evaluation import metrics
+from mura_cli.evaluation.evaluate import evaluate
+from mura_cli.scoring.score import score_folder
+from mura_cli.training.train import train
 
 from conftest import learnable_mura
 
 
 def tiny_train_config(data, out, **kw):
-    values = dict(arch="resnet10t", img_size=64, epochs=4, batch_size=16, freeze_epochs=1, lr=3e-3, head_lr=1e-2,
-                  workers=0, val_fraction=0.25, patience=10, rotate=10.0)
+    values = dict(
+        arch="resnet10t",
+        img_size=64,
+        epochs=4,
+        batch_size=16,
+        freeze_epochs=1,
+        lr=3e-3,
+        head_lr=1e-2,
+        workers=0,
+        val_fraction=0.25,
+        patience=10,
+        rotate=10.0,
+    )
     values.update(kw)
     return TrainConfig(data=str(data), out_dir=str(out), **values)
 
@@ -35,8 +46,16 @@ def trained(learnable_folder, tmp_path_factory):
 def test_training_learns_and_writes_a_complete_model_folder(trained):
     assert trained.val_metrics["auroc"] > 0.9
     names = {p.name for p in trained.out_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "training_log.csv", "curves.png", "MODEL_CARD.md",
-            "checkpoint.pt", "split.csv", "train_config.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "training_log.csv",
+        "curves.png",
+        "MODEL_CARD.md",
+        "checkpoint.pt",
+        "split.csv",
+        "train_config.json",
+    } <= names
     cfg = json.loads((trained.out_dir / "config.json").read_text())
     assert cfg["architecture"] == "resnet10t" and cfg["input_size"] == [1, 64, 64]
     assert cfg["threshold"] == pytest.approx(trained.threshold) and 0 < cfg["threshold"] < 1
@@ -48,8 +67,14 @@ def test_training_learns_and_writes_a_complete_model_folder(trained):
 
 
 def test_trained_model_scores_with_score(trained, learnable_folder, tmp_path):
-    result = score_folder(ScoreConfig(input=str(learnable_folder / "XR_HAND"), out_dir=str(tmp_path / "s"),
-                                      model=str(trained.out_dir), workers=0))
+    result = score_folder(
+        ScoreConfig(
+            input=str(learnable_folder / "XR_HAND"),
+            out_dir=str(tmp_path / "s"),
+            model=str(trained.out_dir),
+            workers=0,
+        )
+    )
     studies = result.studies.dropna(subset=["label"])
     assert roc_auc_score(studies["label"].astype(int), studies["probability"]) > 0.9
 
@@ -62,6 +87,7 @@ def stop_after(epoch: int):
     def notify(event):
         if event.stage == "epoch" and event.epoch == epoch:
             raise Stop
+
     return notify
 
 
@@ -73,7 +99,10 @@ def test_resume_after_interruption_gives_the_same_weights(learnable_folder, tmp_
         train(tiny_train_config(data, tmp_path / "resumed", epochs=3), notify=stop_after(2))
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     resumed = train(tiny_train_config(data, tmp_path / "resumed", epochs=3, resume=True))
-    a, b = load_file(str(straight.out_dir / "model.safetensors")), load_file(str(resumed.out_dir / "model.safetensors"))
+    a, b = (
+        load_file(str(straight.out_dir / "model.safetensors")),
+        load_file(str(resumed.out_dir / "model.safetensors")),
+    )
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-5, err_msg=key)
@@ -91,8 +120,11 @@ def test_resume_refuses_another_recipe_and_names_the_fields(learnable_folder, tm
         train(tiny_train_config(data, tmp_path / "run", epochs=2, lr=1e-2, rotate=0.0, resume=True))
     with pytest.raises(MuraError, match="--resume-changes epochs allows that"):
         train(tiny_train_config(data, tmp_path / "run", epochs=3, resume=True))
-    longer = train(tiny_train_config(data, tmp_path / "run", epochs=3, resume=True, resume_changes=("epochs",),
-                                     workers=1))  # workers may differ freely
+    longer = train(
+        tiny_train_config(
+            data, tmp_path / "run", epochs=3, resume=True, resume_changes=("epochs",), workers=1
+        )
+    )  # workers may differ freely
     assert longer.log["epoch"].tolist() == [1, 2, 3]
 
 
@@ -105,8 +137,16 @@ def test_train_refuses_to_overwrite_without_resume(trained, learnable_folder):
 
 def test_evaluate_metrics_match_scikit_learn_on_its_own_csv(trained, tmp_path):
     data = learnable_mura(tmp_path / "unseen", patients=20, seed=11)
-    result = evaluate(EvalConfig(data=str(data), out_dir=str(tmp_path / "ev"), model=str(trained.out_dir),
-                                 workers=0, bootstrap=1000, pdf=True))
+    result = evaluate(
+        EvalConfig(
+            data=str(data),
+            out_dir=str(tmp_path / "ev"),
+            model=str(trained.out_dir),
+            workers=0,
+            bootstrap=1000,
+            pdf=True,
+        )
+    )
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     studies = pd.read_csv(tmp_path / "ev" / "studies.csv")
     y, p = studies["label"].astype(int), studies["probability"]
@@ -141,7 +181,9 @@ def test_bootstrap_replicates_equal_scikit_learn_with_sample_weights():
     for r in range(5):
         w = weights[r]
         assert fast["auroc"][r] == pytest.approx(roc_auc_score(y, p, sample_weight=w))
-        assert fast["kappa"][r] == pytest.approx(cohen_kappa_score(y, (p >= 0.5).astype(int), sample_weight=w))
+        assert fast["kappa"][r] == pytest.approx(
+            cohen_kappa_score(y, (p >= 0.5).astype(int), sample_weight=w)
+        )
 
 
 def test_image_level_bootstrap_draws_whole_studies():
@@ -167,7 +209,7 @@ def test_model_card_is_plain_markdown(trained):
 
 
 def test_a_recipe_field_added_since_the_checkpoint_is_no_difference(tmp_path):
-    from mura_cli import training_io
+    from mura_cli.training import checkpoints as training_io
 
     config = tiny_train_config("data", tmp_path, resume=True)
     older = {k: v for k, v in config.to_dict().items() if k != "pooling"}  # written before --pooling existed
@@ -175,4 +217,56 @@ def test_a_recipe_field_added_since_the_checkpoint_is_no_difference(tmp_path):
     from mura_cli.errors import MuraError
 
     with pytest.raises(MuraError, match="pooling"):
-        training_io.check_same_recipe(older, tiny_train_config("data", tmp_path, resume=True, pooling="lse"), tmp_path)
+        training_io.check_same_recipe(
+            older, tiny_train_config("data", tmp_path, resume=True, pooling="lse"), tmp_path
+        )
+
+
+def _scripted_validation(monkeypatch, aurocs):
+    """Validation AUROC follows ``aurocs`` epoch by epoch (the rest of validation runs for real)."""
+    from mura_cli.training import train as train_module
+
+    real, script = train_module.validate, iter(aurocs)
+
+    def validate(*args):
+        metrics, images = real(*args)
+        return {**metrics, "auroc": next(script)}, images
+
+    monkeypatch.setattr(train_module, "validate", validate)
+
+
+def test_early_stopping_triggers_after_patience_epochs_without_improvement(learnable_folder, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.60, 0.70, 0.65, 0.64, 0.90, 0.95])
+    result = train(tiny_train_config(learnable_folder, tmp_path / "m", epochs=6, patience=2, freeze_epochs=0,
+                                     img_size=32))
+    assert result.log["epoch"].tolist() == [1, 2, 3, 4]  # epochs 3 and 4 did not beat epoch 2: stop
+    assert result.best_epoch == 2 and result.best_metric == pytest.approx(0.70)
+
+
+def test_plateau_schedule_cuts_the_learning_rate_when_validation_stalls(learnable_folder, tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.60, 0.70, 0.69, 0.68, 0.67])
+    result = train(tiny_train_config(learnable_folder, tmp_path / "m", epochs=5, patience=10, freeze_epochs=0,
+                                     img_size=32, scheduler="plateau", lr=1e-3))
+    lrs = result.log["lr"].tolist()
+    assert lrs[:4] == pytest.approx([1e-3] * 4)  # epochs 3 and 4 stall: one is tolerated, the second ...
+    assert lrs[4] == pytest.approx(1e-4)  # ... cuts the rate tenfold for epoch 5
+
+
+def test_determinism_is_asked_for_and_then_given_back():
+    import torch
+
+    from mura_cli.training.train import determinism, wants_determinism
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    with determinism(True):
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert wants_determinism(tiny_train_config("d", "o"), "cpu") is True  # default: on for the CPU
+    assert wants_determinism(tiny_train_config("d", "o", deterministic=False), "cpu") is False
+
+
+def test_training_leaves_the_process_settings_as_it_found_them(trained):
+    import torch
+
+    assert not torch.are_deterministic_algorithms_enabled()  # the fixture trained deterministically (CPU)
+    assert json.loads((trained.out_dir / "train_config.json").read_text())["deterministic"] is None

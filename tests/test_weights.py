@@ -11,8 +11,8 @@ from torch import nn
 
 from mura_cli.config import ModelConfig
 from mura_cli.errors import ModelError
-from mura_cli.io.decode import decode_image
-from mura_cli.weights import LITE0_PACKAGE, lite0_package_file, load_initial_weights, map_lite0_state
+from mura_cli.inputs.decode import decode_image
+from mura_cli.model.weights import LITE0_PACKAGE, lite0_package_file, load_initial_weights, map_lite0_state
 
 
 def radiograph_batch(rg3_files, size: int = 224) -> torch.Tensor:
@@ -34,7 +34,9 @@ def batchnorm_consistency(model: nn.Module, x: torch.Tensor) -> list[float]:
 
     def hook(module, inputs, _):
         mean = inputs[0].mean(dim=(0, 2, 3))
-        values.append(float(((mean - module.running_mean).abs() / (module.running_var + module.eps).sqrt()).median()))
+        values.append(
+            float(((mean - module.running_mean).abs() / (module.running_var + module.eps).sqrt()).median())
+        )
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
@@ -55,7 +57,9 @@ def test_every_timm_tensor_gets_a_package_tensor_of_the_same_shape():
 
 
 def test_mapped_weights_are_trained_weights(rg3_files):
-    cfg = ModelConfig(architecture="tf_efficientnet_lite0", input_size=(3, 224, 224), mean=(0.5,) * 3, std=(0.5,) * 3)
+    cfg = ModelConfig(
+        architecture="tf_efficientnet_lite0", input_size=(3, 224, 224), mean=(0.5,) * 3, std=(0.5,) * 3
+    )
     model = timm.create_model(cfg.architecture, num_classes=1)
     loaded, skipped = load_initial_weights(model, cfg, LITE0_PACKAGE)
     assert (loaded, skipped) == (245, 2)  # everything but the 1000-class classifier
@@ -107,7 +111,9 @@ def test_safetensors_init_weights_sum_the_stem_and_skip_the_classifier(tmp_path)
 
     other = timm.create_model("test_efficientnet", num_classes=1)
     with pytest.raises(ModelError, match="does not fit this architecture"):
-        load_initial_weights(other, cfg.replace(architecture="test_efficientnet"), str(tmp_path / "rgb.safetensors"))
+        load_initial_weights(
+            other, cfg.replace(architecture="test_efficientnet"), str(tmp_path / "rgb.safetensors")
+        )
     (tmp_path / "weights.pt").write_bytes(b"pickle")
     with pytest.raises(ModelError, match="takes a .safetensors file"):
         load_initial_weights(gray, cfg, str(tmp_path / "weights.pt"))

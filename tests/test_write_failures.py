@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
-from mura_cli import evaluate as evaluate_module
-from mura_cli import merge as merge_module
-from mura_cli import training_io
 from mura_cli.choices import ExitCode
-from mura_cli.cli import app
+from mura_cli.cli.commands import app
 from mura_cli.errors import is_write_failure
+from mura_cli.evaluation import evaluate as evaluate_module
+from mura_cli.results import merge as merge_module
+from mura_cli.training import checkpoints as training_io
 
 from conftest import copy, learnable_mura, radiograph, save_png8
 
@@ -27,6 +27,7 @@ def _no_space(real, name: str):
         if Path(path).name == name:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(data, path)
+
     return write
 
 
@@ -40,16 +41,48 @@ def _one_line_exit_4(result, name: str) -> None:
 def test_evaluate_on_a_full_disk_is_one_line_exit_4(tmp_path, tiny_model, monkeypatch):
     data = learnable_mura(tmp_path / "data", patients=6)
     monkeypatch.setattr(evaluate_module, "write_csv", _no_space(evaluate_module.write_csv, "studies.csv"))
-    result = runner.invoke(app, ["evaluate", str(data), "--model", str(tiny_model), "--out", str(tmp_path / "ev"),
-                                 "--workers", "0", "--bootstrap", "100", "-q"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(data),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "ev"),
+            "--workers",
+            "0",
+            "--bootstrap",
+            "100",
+            "-q",
+        ],
+    )
     _one_line_exit_4(result, "studies.csv")
     assert "--overwrite" in result.output
 
 
 def test_train_on_a_full_disk_is_one_line_exit_4_and_resume_finishes(tmp_path, learnable_folder, monkeypatch):
     out = tmp_path / "model"
-    args = ["train", str(learnable_folder), "--val-fraction", "0.25", "--out", str(out), "--arch", "resnet10t", "--img-size", "32", "--epochs", "2",
-            "--batch-size", "16", "--workers", "0", "--no-cache", "-q"]
+    args = [
+        "train",
+        str(learnable_folder),
+        "--val-fraction",
+        "0.25",
+        "--out",
+        str(out),
+        "--arch",
+        "resnet10t",
+        "--img-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--no-cache",
+        "-q",
+    ]
     real = training_io.atomic_write_bytes
     calls = {"checkpoints": 0}
 
@@ -74,12 +107,28 @@ def test_merge_on_a_full_disk_is_one_line_exit_4_and_leaves_the_shards(tmp_path,
     for k in range(6):
         save_png8(radiograph(k), tmp_path / "in" / f"study{k}" / "a.png")
     for i in range(2):
-        scored = runner.invoke(app, ["score", str(tmp_path / "in"), "--out", str(tmp_path / f"s{i}"), "--model",
-                                     str(tiny_model), "--workers", "0", "--shard", f"{i}/2", "-q"])
+        scored = runner.invoke(
+            app,
+            [
+                "score",
+                str(tmp_path / "in"),
+                "--out",
+                str(tmp_path / f"s{i}"),
+                "--model",
+                str(tiny_model),
+                "--workers",
+                "0",
+                "--shard",
+                f"{i}/2",
+                "-q",
+            ],
+        )
         assert scored.exit_code == 0, scored.output
     before = [(tmp_path / f"s{i}" / "images.csv").read_bytes() for i in range(2)]
     monkeypatch.setattr(merge_module, "write_csv", _no_space(merge_module.write_csv, "studies.csv"))
-    result = runner.invoke(app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
+    result = runner.invoke(
+        app, ["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]
+    )
     _one_line_exit_4(result, "studies.csv")
     assert [(tmp_path / f"s{i}" / "images.csv").read_bytes() for i in range(2)] == before
 
@@ -88,7 +137,9 @@ def test_write_failure_rule_full_disk_anywhere_permission_only_inside(tmp_path):
     out = tmp_path / "out"
     assert is_write_failure(OSError(errno.ENOSPC, "full", str(tmp_path / "cache" / "x")), out)
     assert is_write_failure(OSError(errno.EACCES, "denied", str(out / "images.csv")), out)
-    assert not is_write_failure(OSError(errno.EACCES, "denied", str(tmp_path / "input.png")), out)  # an input's
+    assert not is_write_failure(
+        OSError(errno.EACCES, "denied", str(tmp_path / "input.png")), out
+    )  # an input's
     assert not is_write_failure(OSError(errno.ENOENT, "missing", str(out / "x")), out)
 
 
@@ -101,14 +152,28 @@ def test_evaluate_screens_dicom_modalities_like_score(tmp_path, tiny_model):
     rows.append((copy(Path(get_testdata_file("CT_small.dcm")), tmp_path / "data" / "ct.dcm").name, 1))
     pd.DataFrame(rows, columns=["path", "label"]).to_csv(tmp_path / "data" / "labels.csv", index=False)
     common = ["--model", str(tiny_model), "--workers", "0", "--bootstrap", "100", "-q"]
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "data" / "labels.csv"), "--out", str(tmp_path / "ev"),
-                                 *common])
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "data" / "labels.csv"), "--out", str(tmp_path / "ev"), *common]
+    )
     assert result.exit_code == 0, result.output
     images = pd.read_csv(tmp_path / "ev" / "images.csv", keep_default_na=False).set_index("path")
-    assert images.loc["ct.dcm", "error"].startswith("modality CT (") and images.loc["ct.dcm", "probability"] == ""
+    assert (
+        images.loc["ct.dcm", "error"].startswith("modality CT (")
+        and images.loc["ct.dcm", "probability"] == ""
+    )
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"]["failed_images"] == 1
-    allowed = runner.invoke(app, ["evaluate", str(tmp_path / "data" / "labels.csv"), "--out", str(tmp_path / "ev2"),
-                                  "--allow-modality", "ct", *common])
+    allowed = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "data" / "labels.csv"),
+            "--out",
+            str(tmp_path / "ev2"),
+            "--allow-modality",
+            "ct",
+            *common,
+        ],
+    )
     assert allowed.exit_code == 0, allowed.output
     images = pd.read_csv(tmp_path / "ev2" / "images.csv", keep_default_na=False).set_index("path")
     assert images.loc["ct.dcm", "error"] == "" and 0 <= float(images.loc["ct.dcm", "probability"]) <= 1

@@ -9,14 +9,20 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from mura_cli.geometry import Geometry, crop_region
+from mura_cli.inputs.geometry import Geometry, crop_region
 
 THUMB_LONG_SIDE = 200
 JPEG_QUALITY = 85
 
 # a "jet"-like colour ramp: (position, (r, g, b)); low = dark blue, high = dark red
-_RAMP = [(0.0, (0, 0, 128)), (0.15, (0, 0, 255)), (0.4, (0, 255, 255)), (0.6, (255, 255, 0)),
-         (0.85, (255, 0, 0)), (1.0, (128, 0, 0))]
+_RAMP = [
+    (0.0, (0, 0, 128)),
+    (0.15, (0, 0, 255)),
+    (0.4, (0, 255, 255)),
+    (0.6, (255, 255, 0)),
+    (0.85, (255, 0, 0)),
+    (1.0, (128, 0, 0)),
+]
 
 
 def _colour_table() -> np.ndarray:

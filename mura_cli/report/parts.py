@@ -21,9 +21,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from mura_cli.errors import ReportError
 from mura_cli.report.worker import answer
@@ -70,9 +70,15 @@ class _Pool:
         package_root = str(Path(__file__).resolve().parents[2])  # importable even from a bare checkout
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # never import from the working directory
-        return subprocess.Popen([sys.executable, *safe_path, "-m", "mura_cli.report.worker"], env={**os.environ, "PYTHONPATH": path},
-                                cwd=self.folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, *safe_path, "-m", "mura_cli.report.worker"],
+            env={**os.environ, "PYTHONPATH": path},
+            cwd=self.folder,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def _drive(self) -> None:
         process = self._start()
@@ -82,7 +88,9 @@ class _Pool:
                 try:
                     process.stdin.write(line + "\n")
                     process.stdin.flush()
-                    self.answers[line] = process.stdout.readline().strip() or "error a report worker process died"
+                    self.answers[line] = (
+                        process.stdout.readline().strip() or "error a report worker process died"
+                    )
                 except OSError:
                     self.answers[line] = "error a report worker process died"
                 self.jobs.task_done()
@@ -156,7 +164,11 @@ def _copy_outline(items, source_pages: dict, offset: int, into: list) -> None:
     for item in items:
         dest = item.destination
         index = source_pages.get(dest[0].objgen) if isinstance(dest, pikepdf.Array) and len(dest) else None
-        copy = pikepdf.OutlineItem(item.title, offset + index) if index is not None else pikepdf.OutlineItem(item.title)
+        copy = (
+            pikepdf.OutlineItem(item.title, offset + index)
+            if index is not None
+            else pikepdf.OutlineItem(item.title)
+        )
         _copy_outline(item.children, source_pages, offset, copy.children)
         into.append(copy)
 

@@ -3,16 +3,19 @@ A long score report is cut into parts that render in parallel (mura_cli/report/p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 
 from mura_cli.report.parts import Part, default_workers, render_parts
 from mura_cli.report.render import add_picture, render_html, write_pdf
 
-HEATMAP_NAMES = {"cam": "Grad-CAM (closed form from the forward pass)", "gradcam": "Grad-CAM (autograd)",
-                 "none": "none"}
+HEATMAP_NAMES = {
+    "cam": "Grad-CAM (closed form from the forward pass)",
+    "gradcam": "Grad-CAM (autograd)",
+    "none": "none",
+}
 
 LSE_HEATMAP_NAME = "the model's own cell scores, which its probability is pooled from (closed form)"
 
@@ -43,10 +46,14 @@ def _fmt(value, digits: int = 3) -> str:
 def _image_entries(images: pd.DataFrame) -> dict[str, list[dict]]:
     by_study: dict[str, list[dict]] = {}
     for row in images[["path", "study_id", "error", "probability"]].to_dict("records"):
-        by_study.setdefault(row["study_id"], []).append({
-            "path": row["path"], "name": row["path"].rsplit("/", 1)[-1], "error": row["error"],
-            "probability_text": _fmt(row["probability"]),
-        })
+        by_study.setdefault(row["study_id"], []).append(
+            {
+                "path": row["path"],
+                "name": row["path"].rsplit("/", 1)[-1],
+                "error": row["error"],
+                "probability_text": _fmt(row["probability"]),
+            }
+        )
     return by_study
 
 
@@ -59,14 +66,20 @@ def _study_rows(run: dict, images: pd.DataFrame, studies: pd.DataFrame) -> list[
     for s in ordered.to_dict("records"):
         prediction = s["prediction"]
         positive = not pd.isna(prediction) and int(prediction) == 1
-        rows.append({
-            **s,
-            "label_text": "unknown" if pd.isna(s["label"]) else (cfg["positive_class"] if s["label"] else cfg["negative_class"]),
-            "probability_text": _fmt(s["probability"]),
-            "prediction_text": "no score" if pd.isna(prediction) else cfg["positive_class" if positive else "negative_class"],
-            "css": "failed" if pd.isna(prediction) else "positive" if positive else "negative",
-            "images": by_study.get(s["study_id"], []),
-        })
+        rows.append(
+            {
+                **s,
+                "label_text": "unknown"
+                if pd.isna(s["label"])
+                else (cfg["positive_class"] if s["label"] else cfg["negative_class"]),
+                "probability_text": _fmt(s["probability"]),
+                "prediction_text": "no score"
+                if pd.isna(prediction)
+                else cfg["positive_class" if positive else "negative_class"],
+                "css": "failed" if pd.isna(prediction) else "positive" if positive else "negative",
+                "images": by_study.get(s["study_id"], []),
+            }
+        )
     return rows
 
 
@@ -78,8 +91,13 @@ def _with_pictures(rows: list[dict], visuals, pictures: dict[str, bytes]) -> lis
         entries = []
         for entry in row["images"]:
             thumbs = visuals.get(entry["path"])
-            entries.append({**entry, "thumb": add_picture(pictures, thumbs.image) if thumbs else "",
-                            "overlay": add_picture(pictures, thumbs.overlay) if thumbs and thumbs.overlay else ""})
+            entries.append(
+                {
+                    **entry,
+                    "thumb": add_picture(pictures, thumbs.image) if thumbs else "",
+                    "overlay": add_picture(pictures, thumbs.overlay) if thumbs and thumbs.overlay else "",
+                }
+            )
         out.append({**row, "images": entries})
     return out
 
@@ -92,11 +110,16 @@ def _part_budget(total: float, workers: int) -> float:
     return min(max(total / (2 * workers), PART_BUDGET[0]), PART_BUDGET[1])
 
 
-def _plan(n_rows: int, n_failures: int, study_sizes: list[int], workers: int) -> list[dict[str, tuple[int, int]]]:
+def _plan(
+    n_rows: int, n_failures: int, study_sizes: list[int], workers: int
+) -> list[dict[str, tuple[int, int]]]:
     """Cut summary, table rows, failure rows and study sections, in that order, into parts; each part
     maps a list name to its [start, stop) slice."""
-    pieces = ([("table", i, COST_ROW) for i in range(n_rows)] + [("failures", i, COST_ROW) for i in range(n_failures)]
-              + [("sections", i, COST_STUDY + COST_IMAGE * size) for i, size in enumerate(study_sizes)])
+    pieces = (
+        [("table", i, COST_ROW) for i in range(n_rows)]
+        + [("failures", i, COST_ROW) for i in range(n_failures)]
+        + [("sections", i, COST_STUDY + COST_IMAGE * size) for i, size in enumerate(study_sizes)]
+    )
     budget = _part_budget(COST_SUMMARY + sum(cost for _, _, cost in pieces), workers)
     parts: list[dict[str, tuple[int, int]]] = [{}]
     spent = COST_SUMMARY
@@ -121,19 +144,29 @@ def _score_parts(context: dict, rows: list[dict], failures: list[dict], visuals,
                 if name == "sections":
                     chosen = _with_pictures(chosen, visuals, pictures)
                 lists[name] = {"rows": chosen, "start": slices[name][0], "total": len(items)}
-        html = render_html("score.html.j2", **context, **lists, summary=number == 0,
-                           part={"first": number == 0, "numbered": len(plan) == 1})
+        html = render_html(
+            "score.html.j2",
+            **context,
+            **lists,
+            summary=number == 0,
+            part={"first": number == 0, "numbered": len(plan) == 1},
+        )
         yield Part(html, pictures)
 
 
-def render_score_report(run: dict, images: pd.DataFrame, studies: pd.DataFrame, visuals, path: Path,
-                        workers: int | None = None) -> Path:
+def render_score_report(
+    run: dict, images: pd.DataFrame, studies: pd.DataFrame, visuals, path: Path, workers: int | None = None
+) -> Path:
     """``visuals.get(rel_path)`` gives an image's Thumbnails (or None). A report longer than one part
     renders on ``workers`` processes (default: one per core, up to 8)."""
     cfg = run["model"]["config"]
-    context = {"run": run, "unscored": int(studies["prediction"].isna().sum()),
-               "positive_name": cfg["positive_class"], "negative_name": cfg["negative_class"],
-               "heatmap_name": heatmap_name(run)}
+    context = {
+        "run": run,
+        "unscored": int(studies["prediction"].isna().sum()),
+        "positive_name": cfg["positive_class"],
+        "negative_name": cfg["negative_class"],
+        "heatmap_name": heatmap_name(run),
+    }
     rows = _study_rows(run, images, studies)
     failures = images.loc[images["error"] != "", ["path", "error"]].to_dict("records")
     workers = workers or default_workers()
@@ -151,7 +184,9 @@ def _metric_rows(level: dict) -> list[dict]:
         row = {"name": name, "n": values["n"], "n_positive": values["n_positive"]}
         for metric in ("auroc", "kappa", "sensitivity", "specificity", "accuracy", "f1"):
             value, ci = values[metric]["value"], values[metric]["ci"]
-            row[metric] = "-" if value is None else f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+            row[metric] = (
+                "-" if value is None else f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+            )
         rows.append(row)
     return rows
 
@@ -159,13 +194,23 @@ def _metric_rows(level: dict) -> list[dict]:
 def render_eval_report(result: dict, out_dir: Path, path: Path) -> Path:
     """The evaluation report: metrics with CIs per body part, operating points, calibration, plots."""
     pictures: dict[str, bytes] = {}
-    plots = {name: add_picture(pictures, (out_dir / f"{name}.png").read_bytes(), "png")
-             for name in ("roc_study", "reliability_study") if (out_dir / f"{name}.png").is_file()}
-    html = render_html("evaluate.html.j2", result=result, run=result["run"], plots=plots,
-                       study_rows=_metric_rows(result["study"]), image_rows=_metric_rows(result["image"]),
-                       points=result["study"]["overall"]["operating_points"],
-                       calibration=result["study"]["overall"]["calibration"],
-                       localisation=result.get("localisation"),
-                       before_temperature=result.get("calibration_before_temperature"),
-                       temperature=result["run"].get("temperature", 1.0), bias=result["run"].get("logit_bias", 0.0))
+    plots = {
+        name: add_picture(pictures, (out_dir / f"{name}.png").read_bytes(), "png")
+        for name in ("roc_study", "reliability_study")
+        if (out_dir / f"{name}.png").is_file()
+    }
+    html = render_html(
+        "evaluate.html.j2",
+        result=result,
+        run=result["run"],
+        plots=plots,
+        study_rows=_metric_rows(result["study"]),
+        image_rows=_metric_rows(result["image"]),
+        points=result["study"]["overall"]["operating_points"],
+        calibration=result["study"]["overall"]["calibration"],
+        localisation=result.get("localisation"),
+        before_temperature=result.get("calibration_before_temperature"),
+        temperature=result["run"].get("temperature", 1.0),
+        bias=result["run"].get("logit_bias", 0.0),
+    )
     return write_pdf(html, path, pictures)

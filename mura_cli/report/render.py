@@ -11,8 +11,8 @@ import markupsafe
 
 from mura_cli.choices import RESEARCH_NOTICE
 from mura_cli.errors import ReportError
-from mura_cli.report.tables import atomic_write_bytes
 from mura_cli.resources import data_dir
+from mura_cli.results.writers import atomic_write_bytes
 
 PICTURE_SCHEME = "mura-picture"
 
@@ -72,11 +72,15 @@ def pdf_bytes(html: str, pictures: dict[str, bytes] | None = None) -> bytes:
     try:
         from weasyprint import HTML
     except (ImportError, OSError) as exc:  # OSError: Pango or its libraries are missing
-        raise ReportError(f"PDF not written: WeasyPrint cannot start ({exc}); see the README's PDF notes") from None
+        raise ReportError(
+            f"PDF not written: WeasyPrint cannot start ({exc}); see the README's PDF notes"
+        ) from None
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
     try:
-        document = HTML(string=html, base_url=str(data_dir("report_templates")), url_fetcher=_fetcher(pictures or {}))
+        document = HTML(
+            string=html, base_url=str(data_dir("report_templates")), url_fetcher=_fetcher(pictures or {})
+        )
         return document.write_pdf()
     except Exception as exc:
         raise ReportError(f"PDF not written: WeasyPrint failed ({type(exc).__name__}: {exc})") from None

@@ -8,8 +8,8 @@ are stored: images.csv never lists an image whose thumbnail a resumed run would 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator
 
 from mura_cli.report.thumbstore import ThumbStore
 
@@ -24,7 +24,9 @@ class Thumbnailer:
     def __init__(self, store: ThumbStore | None, threads: int):
         """``store`` None: no thumbnails (no --pdf); rows pass straight through."""
         self.store = store
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="thumbnails") if store and threads else None
+        self.pool = (
+            ThreadPoolExecutor(threads, thread_name_prefix="thumbnails") if store and threads else None
+        )
         self.pending: deque[tuple[Future, list[dict]]] = deque()
         self.limit = 2 * threads
 

@@ -40,7 +40,9 @@ def number_part(part: Path, first: int, total: int) -> Path:
         html = render_html("page_numbers.html.j2", pages=len(pdf.pages), first=first, total=total)
         with pikepdf.open(io.BytesIO(pdf_bytes(html))) as stamps:
             if len(stamps.pages) != len(pdf.pages):
-                raise ReportError(f"PDF not written: page numbers came out {len(stamps.pages)} pages for {len(pdf.pages)}")
+                raise ReportError(
+                    f"PDF not written: page numbers came out {len(stamps.pages)} pages for {len(pdf.pages)}"
+                )
             for page, stamp in zip(pdf.pages, stamps.pages):
                 page.add_overlay(stamp)
             pdf.save(out)

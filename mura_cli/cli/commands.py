@@ -1,0 +1,781 @@
+"""The `mura-cli` command line: parses options, calls the library, draws progress and summaries."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mura_cli import __version__, choices
+from mura_cli.choices import ExitCode
+from mura_cli.errors import MuraError, OutputError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Abnormality scoring of musculoskeletal radiographs (MURA task). " + choices.RESEARCH_NOTICE,
+)
+err = Console(stderr=True, highlight=False)
+MAX_FAILURE_LINES = 20
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    """'a, b' -> ('a', 'b')."""
+    return tuple(name.strip() for name in (text or "").split(",") if name.strip())
+
+
+def _fail(message: str, code: ExitCode = ExitCode.FATAL) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(int(code))
+
+
+def _fail_from(exc: MuraError) -> typer.Exit:
+    """The library's error as one line; results that could not be written exit 4, the rest 1."""
+    return _fail(str(exc), ExitCode.OUTPUT if isinstance(exc, OutputError) else ExitCode.FATAL)
+
+
+class _ProgressView:
+    """Draws the library's Progress events as a rich bar with images/s and ETA on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar: Progress | None = None
+        self.task = None
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if event.stage == "start":
+            err.print(escape(event.message), soft_wrap=True)
+            self.bar = Progress(
+                TextColumn("images"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self.task = self.bar.add_task("images", total=event.total, rate="")
+            self.bar.start()
+        elif event.stage == "images" and self.bar is not None:
+            speed = self.bar.tasks[0].speed
+            self.bar.update(self.task, completed=event.done, rate=f"{speed:.1f} img/s" if speed else "")
+        elif event.stage in ("report", "metrics"):
+            self.stop()
+            if event.message:
+                err.print(escape(event.message), soft_wrap=True)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _summary(result) -> None:
+    counts, seconds = result.run["counts"], result.run["seconds"]
+    table = Table(title="mura-cli score", show_header=False, title_justify="left")
+    table.add_row("images scored", f"{counts['scored']} of {counts['images']}")
+    table.add_row("failed", str(counts["failed"]))
+    table.add_row(
+        "studies",
+        f"{counts['studies']}: {counts['positive_studies']} predicted "
+        f"{result.run['model']['config']['positive_class']}, {counts['negative_studies']} "
+        f"{result.run['model']['config']['negative_class']}",
+    )
+    table.add_row("other files skipped", str(counts["skipped_files"]))
+    table.add_row(
+        "time", f"{seconds['total']:.1f} s ({seconds['images_per_second']:.1f} img/s in the model pass)"
+    )
+    for name, path in result.files.items():
+        table.add_row(name, str(path))
+    err.print(table)
+    for path, reason in result.failures[:MAX_FAILURE_LINES]:
+        err.print(f"[yellow]failed:[/] {escape(path)}: {escape(reason)}", soft_wrap=True)
+    if len(result.failures) > MAX_FAILURE_LINES:
+        err.print(f"... and {len(result.failures) - MAX_FAILURE_LINES} more failures (see images.csv)")
+    if result.report_error:
+        err.print(f"[yellow]{escape(result.report_error)}[/]", soft_wrap=True)
+
+
+@app.command()
+def score(
+    input: Path = typer.Argument(..., help="Folder of studies (PNG, JPEG, DICOM), or one image file."),
+    out: Path = typer.Option(Path(choices.DEFAULT_OUT_DIR), "--out", "-o", help="Results folder."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model folder or model name (default: the shipped default model)."
+    ),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf with thumbnails and heatmaps."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    workers: int | None = typer.Option(None, min=0, help="Decode workers (default: chosen for the device)."),
+    aggregate: str | None = typer.Option(
+        None, help="Study probability from its images: mean or max (default: the model's)."
+    ),
+    threshold: float | None = typer.Option(
+        None, min=0.0, max=1.0, help="Decision threshold (default: the model's)."
+    ),
+    heatmaps: bool = typer.Option(
+        True, "--heatmaps/--no-heatmaps", help="Grad-CAM heatmaps (peak in images.csv, overlays in the PDF)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish an interrupted run in --out: skip the images it scored."
+    ),
+    include_phi: bool = typer.Option(
+        False, "--include-phi", help="Put DICOM PatientID in the patient_id column (off by default)."
+    ),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help="I/N: score only share I (0-based) of N, by a stable hash of the study id; combine with `mura-cli merge`.",
+    ),
+    tta: str = typer.Option(
+        "none",
+        "--tta",
+        help="Test-time augmentation: none, or flip (average with the left-right mirror; 2x the model time).",
+    ),
+    allow_modality: list[str] = typer.Option(
+        [],
+        "--allow-modality",
+        help="Also score DICOM files of this modality (repeatable; CR and DX always are), e.g. RF, XA, MG, OT.",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Score every radiograph below INPUT; write images.csv, studies.csv, run.json (and report.pdf)."""
+    from mura_cli.config import ScoreConfig  # torch is imported only once the options are known to be valid
+
+    if aggregate is not None and aggregate not in choices.AGGREGATIONS:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(choices.AGGREGATIONS)}", param_hint="--aggregate"
+        )
+    if precision not in choices.PRECISIONS:
+        raise typer.BadParameter(f"expected one of {', '.join(choices.PRECISIONS)}", param_hint="--precision")
+    if tta not in choices.TTA_MODES:
+        raise typer.BadParameter(f"expected one of {', '.join(choices.TTA_MODES)}", param_hint="--tta")
+    try:
+        config = ScoreConfig(
+            input=str(input),
+            out_dir=str(out),
+            model=model,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            workers=workers,
+            aggregate=aggregate,
+            threshold=threshold,
+            heatmaps=heatmaps,
+            pdf=pdf,
+            include_phi=include_phi,
+            shard=shard,
+            tta=tta,
+            allow_modality=tuple(m.strip().upper() for m in allow_modality),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if overwrite and resume:
+        raise typer.BadParameter("choose one of --overwrite and --resume", param_hint="--resume")
+    if include_phi:
+        err.print(
+            "[yellow]warning:[/] --include-phi puts DICOM PatientID into the patient_id column of "
+            "studies.csv; do not share that file outside your institution"
+        )
+    from mura_cli.scoring.score import score_folder
+
+    view = _ProgressView(quiet)
+    try:
+        result = score_folder(config, notify=view, overwrite=overwrite, resume=resume)
+    except MuraError as exc:
+        raise _fail_from(exc) from None
+    except KeyboardInterrupt:
+        view.stop()
+        err.print(
+            f"interrupted: the images finished so far are in {escape(str(out / 'images.csv'))}; "
+            "finish the run with the same command plus --resume",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    finally:
+        view.stop()
+    if not quiet:
+        _summary(result)
+    elif result.failures:
+        for path, reason in result.failures:
+            err.print(f"failed: {path}: {reason}", soft_wrap=True, markup=False)
+    if result.exit_code == ExitCode.FATAL:
+        raise _fail("no image could be scored (see images.csv for the reasons)")
+    raise typer.Exit(int(result.exit_code))
+
+
+class _TrainView:
+    """Per-epoch progress bar and a growing table of epoch metrics, on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar, self.task = quiet, None, None
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if event.stage == "start":
+            err.print(escape(event.message), soft_wrap=True)
+        elif event.stage == "batch":
+            if self.bar is None:
+                self.bar = Progress(
+                    TextColumn(f"epoch {event.epoch + 1}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=err,
+                    transient=True,
+                )
+                self.task = self.bar.add_task("train", total=event.total)
+                self.bar.start()
+            self.bar.update(self.task, completed=event.done)
+        elif event.stage == "epoch":
+            self.stop()
+            r = event.row
+            fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+            err.print(
+                f"epoch {r['epoch']:>3} [{r['phase']}]  train loss {r['train_loss']:.4f}  "
+                f"val loss {r['val_loss']:.4f}  val AUROC {fmt(r['val_auroc'])}  "
+                f"kappa {fmt(r['val_kappa'])}  lr {r['lr']:.2e}  {r['seconds']:.0f} s",
+                markup=False,
+                soft_wrap=True,
+            )
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _epoch_table(log) -> None:
+    table = Table(title="epochs (validation at study level)", title_justify="left")
+    for column in ("epoch", "phase", "train loss", "val loss", "val AUROC", "val kappa", "lr", "s"):
+        table.add_column(column, justify="right")
+    for r in log.to_dict("records"):
+        fmt = lambda v: "-" if v is None or v != v else f"{v:.4f}"  # noqa: E731
+        table.add_row(
+            str(r["epoch"]),
+            r["phase"],
+            fmt(r["train_loss"]),
+            fmt(r["val_loss"]),
+            fmt(r["val_auroc"]),
+            fmt(r["val_kappa"]),
+            f"{r['lr']:.1e}",
+            f"{r['seconds']:.0f}",
+        )
+    err.print(table)
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(
+        ..., help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Model folder to write (config.json, model.safetensors, ...)."
+    ),
+    arch: str = typer.Option(
+        "efficientnet_lite0", help="timm architecture (densenet169, efficientnet_b0, resnet50, ...)."
+    ),
+    img_size: int = typer.Option(320, "--img-size", min=32, max=2048),
+    in_chans: int = typer.Option(
+        1, "--in-chans", min=1, max=3, help="1: grayscale input (no wasted channels); 3: RGB copies."
+    ),
+    epochs: int = typer.Option(20, min=1),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    lr: float = typer.Option(5e-4, help="Learning rate for all layers."),
+    head_lr: float = typer.Option(
+        1e-3, "--head-lr", help="Learning rate of the classifier while the backbone is frozen."
+    ),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    freeze_epochs: int = typer.Option(
+        0, "--freeze-epochs", min=0, help="Epochs that train the classifier alone."
+    ),
+    scheduler: str = typer.Option("cosine", help="cosine or plateau."),
+    patience: int = typer.Option(5, min=1, help="Stop after this many epochs without improvement."),
+    monitor: str = typer.Option("auroc", help="Validation study metric for model selection: auroc or kappa."),
+    class_weights: str = typer.Option(
+        "per-part", "--class-weights", help="none, global or per-part (MURA paper)."
+    ),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.01, max=0.9),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    precision: str = typer.Option("auto"),
+    workers: int | None = typer.Option(None, min=0),
+    pretrained: bool = typer.Option(
+        False, "--pretrained", help="ImageNet weights through timm's hub (online)."
+    ),
+    init_weights: str | None = typer.Option(
+        None, "--init-weights", help="Local initial weights (.safetensors)."
+    ),
+    output_stride: int = typer.Option(
+        32,
+        "--output-stride",
+        help="16: heatmap cells of 16 input pixels (dilated last stages), finer maps, more compute.",
+    ),
+    pooling: str = typer.Option(
+        "avg",
+        "--pooling",
+        help="avg: mean-pool then linear (timm); lse: the linear layer scores each heatmap cell and the image logit is their log-mean-exp, so the heatmap is the decision.",
+    ),
+    boxes: Path | None = typer.Option(
+        None,
+        "--boxes",
+        help="Lesion boxes CSV (image_id or path, x0, y0, x1, y1): pull the heatmaps of positive images into their boxes.",
+    ),
+    box_loss_weight: float = typer.Option(
+        1.0, "--box-loss-weight", min=0.0, help="Weight of the box loss beside the classification loss."
+    ),
+    box_grow: float = typer.Option(
+        0.25,
+        "--box-grow",
+        min=0.0,
+        help="Boxes grown by this share of their size on each side for the box loss.",
+    ),
+    box_loss_from: int = typer.Option(
+        0,
+        "--box-loss-from",
+        min=0,
+        help="First epoch (0-based) with the box loss; the best checkpoint is chosen from then on.",
+    ),
+    flip: bool = typer.Option(True, "--flip/--no-flip"),
+    rotate: float = typer.Option(10.0, help="Random rotation, degrees (0 disables; the MURA paper used 30)."),
+    brightness: float = typer.Option(0.2),
+    contrast: float = typer.Option(0.2),
+    scale: float = typer.Option(0.1, help="Random zoom, +- fraction."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue an interrupted run in --out (the same options; the checkpoint's recipe is checked).",
+    ),
+    resume_changes: str | None = typer.Option(
+        None,
+        "--resume-changes",
+        help="With --resume: recipe fields that may differ from the checkpoint's run, of epochs and patience (e.g. epochs,patience).",
+    ),
+    deterministic: bool | None = typer.Option(
+        None,
+        "--deterministic/--no-deterministic",
+        help="Deterministic algorithms, no cuDNN autotuning (default: on for the CPU, off on GPUs).",
+        show_default=False,
+    ),
+    cache: bool = typer.Option(
+        True,
+        "--cache/--no-cache",
+        help="Decode each image once into a memory-mapped cache ($MURA_CLI_CACHE, default ~/.cache/mura-cli/decoded).",
+    ),
+    name: str = typer.Option("", help="Model name (default: the folder name)."),
+    positive_class: str = typer.Option("abnormal", "--positive-class", help="Meaning of label 1."),
+    negative_class: str = typer.Option("normal", "--negative-class", help="Meaning of label 0."),
+    task: str = typer.Option(
+        "Musculoskeletal radiograph: abnormal (1) or normal (0)", help="One line on what the model does."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Fine-tune a timm model; write a model folder that `score` and `evaluate` take."""
+    from mura_cli.config import TrainConfig
+
+    try:
+        config = TrainConfig(
+            data=str(data),
+            out_dir=str(out),
+            arch=arch,
+            img_size=img_size,
+            in_chans=in_chans,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            head_lr=head_lr,
+            weight_decay=weight_decay,
+            freeze_epochs=freeze_epochs,
+            scheduler=scheduler,
+            patience=patience,
+            monitor=monitor,
+            class_weights=class_weights,
+            val_fraction=val_fraction,
+            seed=seed,
+            device=device,
+            precision=precision,
+            workers=workers,
+            pretrained=pretrained,
+            init_weights=init_weights,
+            output_stride=output_stride,
+            pooling=pooling,
+            boxes=str(boxes) if boxes else None,
+            box_loss_weight=box_loss_weight,
+            box_grow=box_grow,
+            box_loss_from=box_loss_from,
+            flip=flip,
+            rotate=rotate,
+            brightness=brightness,
+            contrast=contrast,
+            scale=scale,
+            resume=resume,
+            resume_changes=_names(resume_changes),
+            cache=cache,
+            deterministic=deterministic,
+            name=name,
+            positive_class=positive_class,
+            negative_class=negative_class,
+            task=task,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    from mura_cli.training.train import train as run_training
+
+    quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 talks
+    view = _TrainView(quiet)
+    try:
+        result = run_training(config, notify=view)
+    except MuraError as exc:
+        raise _fail_from(exc) from None
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; continue with the same command plus --resume (state in {out})") from None
+    finally:
+        view.stop()
+    if not quiet:
+        _epoch_table(result.log)
+        v = result.val_metrics
+        err.print(
+            f"best epoch {result.best_epoch}: validation study AUROC {v['auroc']:.4f}, kappa {v['kappa']:.4f} "
+            f"at threshold {result.threshold:.4f}; model written to {result.out_dir}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(
+        ..., help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model folder or name (default: the default model)."
+    ),
+    out: Path = typer.Option(Path("mura-evaluation"), "--out", "-o"),
+    split: str | None = typer.Option(
+        None, help="train, valid, test or all (default: valid, else test, else all)."
+    ),
+    boxes: Path | None = typer.Option(
+        None, help="CSV of boxes (image_id or path, x0, y0, x1, y1) for heatmap localisation."
+    ),
+    pointing_tolerance: float = typer.Option(
+        0.04,
+        "--pointing-tolerance",
+        min=0.0,
+        max=0.99,
+        help="Tolerant pointing game: boxes grown by this share of the image's long side (at least 10% of the box).",
+    ),
+    deletion: bool = typer.Option(
+        True,
+        "--deletion/--no-deletion",
+        help="With --boxes: score positives again with their boxes filled, and with regions elsewhere filled.",
+    ),
+    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip."),
+    allow_modality: list[str] = typer.Option(
+        [],
+        "--allow-modality",
+        help="Also evaluate DICOM files of this modality (repeatable; CR and DX always are).",
+    ),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf."),
+    bootstrap: int = typer.Option(1000, min=100, help="Bootstrap resamples of studies for 95% CIs."),
+    target_sensitivity: float = typer.Option(0.9, "--target-sensitivity", min=0.01, max=0.99),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto"),
+    precision: str = typer.Option("auto"),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    workers: int | None = typer.Option(None, min=0),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Judge a model: AUROC, kappa, sensitivity, specificity (with 95% CIs) per body part, and more."""
+    from mura_cli.config import EvalConfig
+
+    try:
+        config = EvalConfig(
+            data=str(data),
+            out_dir=str(out),
+            model=model,
+            split=split,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            workers=workers,
+            boxes=str(boxes) if boxes else None,
+            bootstrap=bootstrap,
+            seed=seed,
+            target_sensitivity=target_sensitivity,
+            pdf=pdf,
+            tta=tta,
+            pointing_tolerance=pointing_tolerance,
+            deletion=deletion,
+            allow_modality=tuple(m.strip().upper() for m in allow_modality),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    from mura_cli.evaluation.evaluate import evaluate as run_evaluation
+
+    view = _ProgressView(quiet)
+    try:
+        result = run_evaluation(config, notify=view, overwrite=overwrite)
+    except MuraError as exc:
+        raise _fail_from(exc) from None
+    finally:
+        view.stop()
+    if not quiet:
+        _eval_summary(result)
+
+
+def _eval_summary(result) -> None:
+    table = Table(
+        title=f"study level, split '{result.metrics['run']['split']}' (95% CI)", title_justify="left"
+    )
+    for column in ("group", "n (pos.)", "AUROC", "kappa", "sensitivity", "specificity"):
+        table.add_column(column)
+    study = result.metrics["study"]
+    for name, v in [("overall", study["overall"]), *study["per_body_part"].items()]:
+        cells = []
+        for metric in ("auroc", "kappa", "sensitivity", "specificity"):
+            value, ci = v[metric]["value"], v[metric]["ci"]
+            cells.append(
+                "-" if value is None else f"{value:.3f}" + (f"\n[{ci[0]:.3f}-{ci[1]:.3f}]" if ci else "")
+            )
+        table.add_row(name, f"{v['n']} ({v['n_positive']})", *cells)
+    err.print(table)
+    loc = result.metrics.get("localisation")
+    if loc:
+        o = loc["overall"]
+        err.print(
+            f"heatmaps ({o['n']} positive images with boxes): pointing strict {o['pointing_game']:.3f} "
+            f"(centre baseline {o['centre_baseline']:.3f}), tolerant {o['pointing_game_tolerant']:.3f} "
+            f"(centre {o['centre_baseline_tolerant']:.3f})",
+            markup=False,
+            soft_wrap=True,
+        )
+        d = loc.get("deletion") or {}
+        if d.get("boxes_filled", {}).get("n"):
+            other = d["elsewhere_filled"]["mean"]
+            err.print(
+                f"deletion test: filling the boxes lowers the probability by {d['boxes_filled']['mean']:.3f}, "
+                f"filling regions elsewhere by {'-' if other is None else f'{other:.3f}'}",
+                markup=False,
+                soft_wrap=True,
+            )
+    err.print(f"results in {result.out_dir}", markup=False, soft_wrap=True)
+
+
+@app.command("check-precision")
+def check_precision(
+    images: Path = typer.Argument(
+        ..., help="Folder of radiographs (or one image) to score in each precision."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model folder or name (default: the default model)."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: list[str] | None = typer.Option(
+        None, "--precision", help="Reduced precision(s) to check (default: those of the device)."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
+    record: bool = typer.Option(
+        False,
+        "--record",
+        help="Store the results in the model's config.json, where --precision auto reads them.",
+    ),
+) -> None:
+    """Score the same images in fp32 and in reduced precision; report how far the answers move."""
+    for value in precision or []:
+        if value not in ("bf16", "fp16"):
+            raise typer.BadParameter("expected bf16 or fp16", param_hint="--precision")
+    from mura_cli.inference import precision_check
+    from mura_cli.inference.device import resolve_device
+    from mura_cli.inputs.discover import discover
+    from mura_cli.model.factory import load_model, resolve_model_dir
+
+    try:
+        loaded = load_model(resolve_model_dir(model))
+        dev, _ = resolve_device(device)
+        records = [r for r in discover(images).images if not r.error]
+        if not records:
+            raise MuraError(f"{images}: no readable images to check")
+        results = precision_check.check_precisions(loaded, records, dev, precision or None, batch_size)
+    except MuraError as exc:
+        raise _fail_from(exc) from None
+    _precision_table(loaded.config.name, dev, results)
+    if record:
+        path = precision_check.record_checks(
+            loaded.path, dev.type, results, note=f"{len(records)} images of {images}"
+        )
+        err.print(f"recorded in {escape(str(path))}", soft_wrap=True)
+
+
+def _precision_table(name: str, device, results: dict) -> None:
+    from mura_cli.inference.precision_check import BOUNDS as bounds
+
+    table = Table(
+        title=f"{name} on {device}: difference from fp32",
+        title_justify="left",
+        caption=f"a rounding: p99 <= {bounds['p99']}, max <= {bounds['max']}, flips <= "
+        f"{bounds['flip_share']:.1%}, same heatmap peak cell >= {bounds['same_peak_cell']:.0%}",
+        caption_justify="left",
+    )
+    for column in ("", "images", "median", "p99", "max", "flips", "same cell", ">10 px", "verdict"):
+        table.add_column(column, no_wrap=True)
+    for precision, r in results.items():
+        table.add_row(
+            precision,
+            str(r["images"]),
+            f"{r['median']:.4f}",
+            f"{r['p99']:.4f}",
+            f"{r['max']:.4f}",
+            f"{r['flips']} ({r['flip_share']:.1%})",
+            f"{r['same_peak_cell']:.0%}",
+            str(r["peaks_moved_over_10px"]),
+            "rounding" if r["passed"] else "CHANGED",
+        )
+    Console().print(table)
+
+
+@app.command()
+def merge(
+    shards: list[Path] = typer.Argument(..., help="Results folders of `score --shard I/N`, one per shard."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where the merged results go."),
+    pdf: bool = typer.Option(
+        False, "--pdf", help="Also write one report.pdf (shards must have been scored with --pdf)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
+) -> None:
+    """Combine shard results into exactly what a single run would have written."""
+    from mura_cli.results.merge import merge_shards
+
+    try:
+        run = merge_shards(shards, out, pdf=pdf, overwrite=overwrite)
+    except MuraError as exc:
+        raise _fail_from(exc) from None
+    counts = run["counts"]
+    err.print(
+        f"merged {run['shards']} shards: {counts['images']} images ({counts['failed']} failed), "
+        f"{counts['studies']} studies -> {escape(str(out))}",
+        soft_wrap=True,
+    )
+    raise typer.Exit(int(ExitCode.PARTIAL if counts["failed"] else ExitCode.OK))
+
+
+@app.command()
+def models() -> None:
+    """List the models `--model NAME` can name: user models ($MURA_CLI_MODELS) and shipped ones."""
+    from mura_cli.model.catalog import list_models
+
+    entries = list_models()
+    if not entries:
+        err.print(f"no models found (shipped models, or folders under ${choices.MODELS_DIR_ENV})")
+        raise typer.Exit(int(ExitCode.OK))
+    table = Table(title="models", title_justify="left")
+    for column in ("name", "source", "architecture", "input", "held-out study AUROC [95% CI]", "sens / spec"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        head = e.headline()
+        auroc = head.get("auroc", {})
+        auroc_text = (
+            f"{auroc['value']:.3f} [{auroc['ci'][0]:.3f}-{auroc['ci'][1]:.3f}]" if auroc.get("ci") else "-"
+        )
+        sens, spec = head.get("sensitivity", {}).get("value"), head.get("specificity", {}).get("value")
+        ops = f"{sens:.3f} / {spec:.3f}" if sens is not None and spec is not None else "-"
+        cfg = e.config
+        table.add_row(
+            e.name + (" (default)" if e.is_default else ""),
+            e.source,
+            cfg.architecture if cfg else f"[red]{escape(e.problem)}[/]",
+            f"{cfg.input_size[1]}x{cfg.input_size[2]}" if cfg else "",
+            auroc_text,
+            ops,
+        )
+    Console(highlight=False).print(table)
+    for e in entries:
+        if e.config:
+            typer.echo(f"{e.name}: {e.config.task} ({e.path})")
+
+
+@app.command("sample-data")
+def sample_data(
+    folder: Path = typer.Argument(Path("samples"), help="Where to write the sample studies."),
+) -> None:
+    """Write real sample radiographs (an extremity CR from pydicom-data, MIT) to FOLDER."""
+    from mura_cli.inputs.samples import write_samples
+
+    try:
+        paths = write_samples(folder)
+    except MuraError as exc:
+        raise _fail_from(exc) from None
+    for path in paths:
+        typer.echo(str(path))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(f"mura-cli {__version__}")
+
+
+# glibc malloc settings that stop the allocator from returning memory to the OS after every batch:
+# page faults took 38-55% of CPU inference time without them (issue 7's measurements); they must be in
+# the environment before the interpreter starts, so the heavy commands re-execute themselves once.
+MALLOC_TUNABLES = (
+    "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184"
+)
+HEAVY_COMMANDS = {"score", "train", "evaluate"}
+TUNING_ENV = "MURA_CLI_MALLOC_TUNING"  # set to 0 to keep the system allocator's defaults
+
+
+# `python -m` puts the working directory first on the import path, so a rich.py or mura_cli/ in the folder
+# the user runs from would be imported: -P (Python 3.11+) leaves it out; on 3.10 the launcher drops it.
+_LAUNCH_310 = (
+    "import runpy, sys; del sys.path[0]; sys.argv[0] = 'mura-cli'; "
+    "runpy.run_module('mura_cli', run_name='__main__', alter_sys=True)"
+)
+
+
+def _safe_module_launch() -> list[str]:
+    return ["-P", "-m", "mura_cli"] if sys.version_info >= (3, 11) else ["-c", _LAUNCH_310]
+
+
+def _reexec_with_malloc_tuning(argv: list[str]) -> None:
+    if (
+        not sys.platform.startswith("linux")
+        or os.environ.get(TUNING_ENV, "1") == "0"
+        or "GLIBC_TUNABLES" in os.environ
+        or not HEAVY_COMMANDS.intersection(argv[1:2])
+    ):
+        return
+    env = {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES, TUNING_ENV: "0"}
+    try:
+        os.execve(sys.executable, [sys.executable, *_safe_module_launch(), *argv[1:]], env)
+    except OSError:  # cannot re-execute (unusual launcher): run untuned rather than fail
+        return
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # batch schedulers send SIGTERM: stop as for Ctrl-C (results kept, resumable)
+
+
+def main() -> None:
+    import logging
+    import signal
+
+    _reexec_with_malloc_tuning(sys.argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings about odd files would flood stderr
+    try:
+        app(prog_name="mura-cli")
+    except SystemExit as exc:  # keep typer's exit code (2 for usage errors)
+        sys.exit(exc.code)

@@ -1,1 +1,0 @@
-"""File-level input: finding images (discover) and reading them (decode). No models here."""

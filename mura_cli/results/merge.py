@@ -1,0 +1,202 @@
+"""merge_shards(dirs, out): the shard results of `score --shard I/N` combined into exactly what one
+run over the whole input would have written (same rows, same order), plus one report.
+
+Every shard is checked before anything is written: a finished shard run of the same input folder,
+model (weights and config), settings and shard count; its images.csv holding every row its run.json
+counts; no image or study in two shards; the output folder neither one of the shards nor earlier
+results (unless ``overwrite``). Each refusal is one line naming the folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from mura_cli.errors import InputError, writes_into
+from mura_cli.results.shard import walk_order_key
+from mura_cli.results.writers import write_csv, write_json
+from mura_cli.scoring.score import RESULT_FILES, read_images_csv
+
+# run.json config fields that may differ between shards (where and how fast, not what)
+_FREE_SETTINGS = {"input", "out_dir", "shard", "workers", "batch_size", "device", "model", "pdf"}
+
+
+def _load_shard(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    try:
+        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{folder}: no readable run.json (not a finished score run)") from None
+    shard = run.get("shard") if isinstance(run, dict) else None
+    if not isinstance(run, dict) or run.get("status") != "finished" or not isinstance(shard, dict):
+        raise InputError(f"{folder}: not a finished `score --shard I/N` run")
+    missing = [
+        key for key in ("config", "model", "counts", "runtime", "threshold", "aggregation") if key not in run
+    ]
+    if missing or not {"index", "count"} <= set(shard):
+        raise InputError(f"{folder}: run.json lacks {', '.join(missing) or 'shard index and count'}")
+    for name in ("images.csv", "studies.csv"):
+        if not (folder / name).is_file():
+            raise InputError(f"{folder}: {name} is missing")
+    try:
+        studies = pd.read_csv(
+            folder / "studies.csv",
+            dtype={"study_id": str, "body_part": str, "patient_id": str},
+            keep_default_na=False,
+            na_values={"label": [""], "prediction": [""], "probability": [""]},
+        )
+        images = read_images_csv(folder / "images.csv")
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"{folder}: images.csv or studies.csv cannot be read ({exc})") from None
+    counts = run["counts"]
+    if len(images) != counts.get("images") or len(studies) != counts.get("studies"):
+        raise InputError(
+            f"{folder}: images.csv has {len(images)} rows and studies.csv {len(studies)}, but run.json "
+            f"counts {counts.get('images')} images and {counts.get('studies')} studies (damaged or "
+            "truncated)"
+        )
+    return run, images, studies
+
+
+def _settings(run: dict) -> dict:
+    return {
+        "config": {k: v for k, v in run["config"].items() if k not in _FREE_SETTINGS},
+        "input": run.get("input_fingerprint") or run.get("input_root"),
+        "model": run["model"].get("config"),
+        "weights_sha256": run["model"].get("weights_sha256"),
+        "precision": run["runtime"].get("precision"),
+        "heatmap_method": run["runtime"].get("heatmap_method"),
+        "threshold": run["threshold"],
+        "aggregation": run["aggregation"],
+        "shard count": run["shard"]["count"],
+    }
+
+
+def _check(runs: list[dict], folders: list[Path]) -> int:
+    first = _settings(runs[0])
+    for run, folder in zip(runs[1:], folders[1:]):
+        theirs = _settings(run)
+        differ = [key for key in first if theirs[key] != first[key]]
+        for key in ("config", "model"):
+            if key in differ:
+                a, b = first[key] or {}, theirs[key] or {}
+                fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                differ[differ.index(key)] = f"{key} ({', '.join(fields)})"
+        if differ:
+            raise InputError(f"{folder}: scored with other settings than {folders[0]}: {'; '.join(differ)}")
+    count = first["shard count"]
+    have = sorted(run["shard"]["index"] for run in runs)
+    if have != list(range(count)):
+        missing = sorted(set(range(count)) - set(have))
+        raise InputError(
+            f"shards {', '.join(f'{i}/{count}' for i in missing) or '(duplicates)'} missing: "
+            f"got {', '.join(f'{i}/{count}' for i in have)}"
+        )
+    return count
+
+
+def _check_disjoint(loaded: list, folders: list[Path]) -> None:
+    for column, table_index, what in (("path", 1, "image"), ("study_id", 2, "study")):
+        owner: dict[str, Path] = {}
+        for parts, folder in zip(loaded, folders):
+            for key in parts[table_index][column]:
+                if key in owner and owner[key] != folder:
+                    raise InputError(f"{folder}: {what} {key} is also in {owner[key]} (overlapping shards)")
+                owner[key] = folder
+
+
+def _check_out(out: Path, folders: list[Path], overwrite: bool) -> None:
+    target = out.resolve()
+    for folder in folders:
+        if folder.resolve() == target:
+            raise InputError(f"{out}: is one of the shards being merged; choose another --out")
+    existing = [name for name in RESULT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise InputError(
+            f"{out}: holds results of an earlier run ({', '.join(existing)}); pass --overwrite to "
+            "replace them, or choose another --out"
+        )
+
+
+def merge_shards(
+    folders: list[str | Path], out_dir: str | Path, pdf: bool = False, overwrite: bool = False
+) -> dict:
+    """One results folder from finished shards; a full or read-only --out is one OutputError line."""
+    with writes_into(
+        Path(out_dir),
+        "the shards are untouched: make room (or fix the permission) and merge again with --overwrite",
+    ):
+        return _merge(folders, Path(out_dir), pdf, overwrite)
+
+
+def _merge(folders: list[str | Path], out: Path, pdf: bool, overwrite: bool) -> dict:
+    folders = [Path(f) for f in folders]
+    _check_out(out, folders, overwrite)
+    loaded = [_load_shard(f) for f in folders]
+    runs = [run for run, _, _ in loaded]
+    count = _check(runs, folders)
+    _check_disjoint(loaded, folders)
+    if pdf and not all(run["config"].get("pdf") for run in runs):
+        bare = next(f for f, run in zip(folders, runs) if not run["config"].get("pdf"))
+        raise InputError(
+            f"{bare}: scored without --pdf, so it kept no thumbnails for merge --pdf; score the shards "
+            "with --pdf, or merge without it"
+        )
+    images = pd.concat([imgs for _, imgs, _ in loaded], ignore_index=True)
+    images = images.sort_values("path", key=lambda p: p.map(walk_order_key), kind="stable").reset_index(
+        drop=True
+    )
+    studies = (
+        pd.concat([s for _, _, s in loaded], ignore_index=True).sort_values("study_id").reset_index(drop=True)
+    )
+    for column in ("label", "prediction"):
+        studies[column] = studies[column].astype("Int64")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:  # --overwrite: nothing of the earlier results may stay beside the new ones
+        (out / name).unlink(missing_ok=True)
+    write_csv(images, out / "images.csv")
+    write_csv(studies, out / "studies.csv")
+    run = _merged_run(runs, images, studies, folders, count)
+    if pdf:
+        from mura_cli.report.pdf import render_score_report
+        from mura_cli.report.thumbstore import ThumbStore
+
+        render_score_report(
+            run, images, studies, _Stores([ThumbStore(f) for f in folders]), out / "report.pdf"
+        )
+    write_json(run, out / "run.json")
+    return run
+
+
+class _Stores:
+    def __init__(self, stores):
+        self.stores = stores
+
+    def get(self, rel_path: str):
+        return next((t for s in self.stores if (t := s.get(rel_path)) is not None), None)
+
+
+def _merged_run(runs: list[dict], images: pd.DataFrame, studies: pd.DataFrame, folders, count: int) -> dict:
+    run = {
+        k: v
+        for k, v in runs[0].items()
+        if k not in ("shard", "seconds", "resumed_images", "resumed_changed_images")
+    }
+    failed = int((images["error"].fillna("") != "").sum())
+    run["counts"] = {
+        **runs[0]["counts"],
+        "images": len(images),
+        "scored": len(images) - failed,
+        "failed": failed,
+        "studies": len(studies),
+        "positive_studies": int((studies["prediction"] == 1).sum()),
+        "negative_studies": int((studies["prediction"] == 0).sum()),
+    }
+    run["merged_from"] = [
+        {"folder": str(f.resolve()), "shard": r["shard"], "seconds": r.get("seconds", {})}
+        for f, r in zip(folders, runs)
+    ]
+    run["shards"] = count
+    return run

@@ -1,0 +1,124 @@
+"""Training batches: canvases (decoded, or from the decoded cache) with random flips, rotation, scale,
+brightness and contrast, and the lesion-box masks moved with them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mura_cli.config import ModelConfig
+from mura_cli.inference.batches import ImageDataset, _worker_init
+from mura_cli.inputs.discover import ImageRecord
+
+
+class AugmentedDataset(Dataset):
+    """Training items: canvases from ``source`` (decoding, or the decoded cache), then random flip,
+    rotation, scale, brightness and contrast on the uint8 canvas (torchvision transforms v2).
+
+    With ``boxes`` (image key -> lesion boxes in original pixels), each item also carries ``box_mask``
+    (1, H, W) uint8: the boxes grown by ``box_grow`` on the canvas, moved by the same flip and affine
+    as the image, and ``has_boxes``."""
+
+    def __init__(
+        self,
+        source: Dataset,
+        records: Sequence[ImageRecord],
+        augment,
+        boxes: dict | None = None,
+        box_grow: float = 0.25,
+    ):
+        self.source, self.records, self.augment = source, list(records), augment
+        self.boxes, self.box_grow = boxes, box_grow
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.source[index])
+        record = self.records[index]
+        if self.boxes is not None:
+            item.update(self._mask(record, item))
+        if self.augment is not None and not item["error"]:
+            if self.boxes is not None:
+                item["image"], item["box_mask"] = _augment_with_mask(
+                    self.augment, item["image"], item["box_mask"]
+                )
+            else:
+                item["image"] = self.augment(item["image"])
+        item["label"] = int(record.label)
+        item["body_part"] = record.body_part
+        return item
+
+    def _mask(self, record: ImageRecord, item: dict) -> dict:
+        from mura_cli.inputs.boxes import box_mask, boxes_for
+        from mura_cli.inputs.geometry import Geometry
+
+        found = boxes_for(record.rel_path, self.boxes) if not item["error"] else []
+        shape = tuple(item["image"].shape[-2:])
+        if not found:
+            return {"box_mask": torch.zeros((1, *shape), dtype=torch.uint8), "has_boxes": False}
+        mask = box_mask(found, shape, Geometry(*item["geometry"].tolist()), self.box_grow)
+        return {"box_mask": torch.from_numpy(mask)[None], "has_boxes": True}
+
+
+def _augment_with_mask(augment, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random geometric transform on the image and its box mask (colour changes: image only)."""
+    from torchvision import tv_tensors
+
+    out_image, out_mask = augment(tv_tensors.Image(image), tv_tensors.Mask(mask))
+    return out_image.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)
+
+
+def create_augment(flip: bool, rotate: float, scale: float, brightness: float, contrast: float):
+    from torchvision.transforms import v2
+
+    steps = []
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if rotate or scale:
+        steps.append(v2.RandomAffine(degrees=rotate, scale=(1 - scale, 1 + scale) if scale else None, fill=0))
+    if brightness or contrast:
+        steps.append(v2.ColorJitter(brightness=brightness or None, contrast=contrast or None))
+    return v2.Compose(steps) if steps else None
+
+
+def create_train_loader(
+    records,
+    model_cfg: ModelConfig,
+    augment,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    generator: torch.Generator,
+    shard=None,
+    source=None,
+    boxes: dict | None = None,
+    box_grow: float = 0.25,
+) -> DataLoader:
+    """Shuffled batches; ``shard=(rank, world, seed)`` gives this process its DistributedSampler share;
+    ``source`` gives canvases (the decoded cache) instead of decoding; ``boxes`` adds box masks."""
+    dataset = AugmentedDataset(
+        source if source is not None else ImageDataset(records, model_cfg), records, augment, boxes, box_grow
+    )
+    sampler = None
+    if shard is not None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        rank, world, seed = shard
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        drop_last=len(dataset) > batch_size * (shard[1] if shard else 1),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+    )

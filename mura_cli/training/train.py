@@ -1,0 +1,581 @@
+"""train(config): fine-tune a timm model on labelled radiographs, the MURA recipe.
+
+Patient-level stratified split; BCE with per-body-part class weights (MURA paper: w1 = N/(A+N),
+w0 = A/(A+N) per study type); augmentation; head-first then all layers; AdamW with cosine or
+reduce-on-plateau; early stopping on validation study-level AUROC or kappa; best checkpoint kept;
+threshold chosen on validation (Youden's J); resumable from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import log_loss
+from torch import nn
+
+from mura_cli import __version__
+from mura_cli.config import ModelConfig, TrainConfig
+from mura_cli.errors import MuraError, writes_into
+from mura_cli.evaluation.metrics import operating_points, threshold_metrics
+from mura_cli.inference.aggregate import aggregate_studies
+from mura_cli.inference.batches import Reindexed, default_workers
+from mura_cli.inference.device import Runtime, create_runtime, resolve_device
+from mura_cli.inference.predictor import InputNormaliser, Predictor, predict_records
+from mura_cli.inputs.datasets import read_dataset
+from mura_cli.inputs.discover import records_from_table
+from mura_cli.model import cam
+from mura_cli.model.calibration import fit_platt, rescale
+from mura_cli.model.factory import LoadedModel
+from mura_cli.training import checkpoints as training_io
+from mura_cli.training import losses
+from mura_cli.training.augment import create_augment, create_train_loader
+from mura_cli.training.distributed import (
+    DistInfo,
+    barrier,
+    device_for,
+    gather,
+    init_distributed,
+    mean_across,
+    shutdown,
+)
+from mura_cli.training.split import patient_split
+
+LOG_COLUMNS = [
+    "epoch",
+    "phase",
+    "train_loss",
+    "train_box_loss",
+    "val_loss",
+    "val_auroc",
+    "val_kappa",
+    "lr",
+    "train_seconds",
+    "seconds",
+]
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    stage: str  # 'start' | 'batch' | 'epoch'
+    epoch: int = 0
+    done: int = 0
+    total: int = 0
+    row: dict | None = None
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    log: pd.DataFrame
+    best_epoch: int
+    best_metric: float
+    threshold: float
+    val_metrics: dict
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def determinism(on: bool):
+    """Deterministic algorithms (and no cuDNN autotuning) while training, as asked; the process's
+    own settings are put back afterwards, so a notebook that trains is not slowed down for good."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.benchmark = not on
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+
+
+def wants_determinism(config: TrainConfig, device: str) -> bool:
+    """--deterministic as given; by default on for the CPU (free there), off on GPUs (a speed cost)."""
+    if config.deterministic is not None:
+        return config.deterministic
+    return resolve_device(device)[0].type == "cpu"
+
+
+def prepare_split(config: TrainConfig) -> pd.DataFrame:
+    """The training pool (never the official/declared 'valid' or 'test' rows) with a 'side' column."""
+    table = read_dataset(config.data)
+    pool = table[table["split"].isin(["train", ""])].reset_index(drop=True)
+    if pool.empty:
+        raise MuraError(f"{config.data}: no training images (rows with split 'train' or no split)")
+    pool["side"] = patient_split(pool, config.val_fraction, config.seed)
+    for side in ("train", "val"):
+        labels = set(pool.loc[pool["side"] == side, "label"])
+        if labels != {0, 1}:
+            raise MuraError(
+                f"the {side} part needs both labels; got {sorted(labels)} (more data or another seed)"
+            )
+    return pool
+
+
+def class_weights(train: pd.DataFrame, mode: str) -> dict[tuple[str, int], float]:
+    """(body_part, label) -> weight, from study counts: w1 = N/(A+N), w0 = A/(A+N)."""
+    studies = train.drop_duplicates("study_id")
+    groups = {"per-part": studies.groupby("body_part"), "global": [("", studies)]}.get(mode)
+    parts = train["body_part"].unique()
+    if groups is None:
+        return {(part, label): 1.0 for part in parts for label in (0, 1)}
+    weights = {}
+    for part, group in groups:
+        abnormal, normal = int(group["label"].sum()), int((group["label"] == 0).sum())
+        total = max(abnormal + normal, 1)
+        for target in parts if mode == "global" else [part]:
+            weights[(target, 1)] = normal / total if abnormal and normal else 1.0
+            weights[(target, 0)] = abnormal / total if abnormal and normal else 1.0
+    return weights
+
+
+def model_config_for(config: TrainConfig) -> ModelConfig:
+    import timm
+
+    try:
+        pretrained_cfg = timm.get_pretrained_cfg(config.arch)
+        mean, std = tuple(pretrained_cfg.mean), tuple(pretrained_cfg.std)
+    except Exception:  # architectures without a pretrained config: ImageNet statistics
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    if config.in_chans == 1:
+        mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+    return ModelConfig(
+        architecture=config.arch,
+        input_size=(config.in_chans, config.img_size, config.img_size),
+        mean=mean,
+        std=std,
+        resize=config.resize,
+        output_stride=config.output_stride,
+        pooling=config.pooling,
+        name=config.name or Path(config.out_dir).name,
+        positive_class=config.positive_class,
+        negative_class=config.negative_class,
+        task=config.task,
+    )
+
+
+class LogitsAndFeatures(nn.Module):
+    """One forward pass giving the logits and the last feature map (for the box loss); the module that
+    DistributedDataParallel wraps, so both outputs stay inside its forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.forward_head(features), features
+
+
+class Trainer:
+    """Model, optimiser, schedule and random state of one run; everything a checkpoint holds."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        model_cfg: ModelConfig,
+        runtime: Runtime,
+        dist_info: DistInfo | None = None,
+    ):
+        self.config, self.model_cfg, self.runtime = config, model_cfg, runtime
+        self.dist = dist_info or DistInfo()
+        self.forward_module: nn.Module | None = None
+        self.val_source = None  # the decoded cache of the validation images, when in use
+        self.model = model.to(runtime.device)
+        if runtime.device.type != "mps":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        head = list(self.model.get_classifier().parameters())
+        head_ids = {id(p) for p in head}
+        body = [p for p in self.model.parameters() if id(p) not in head_ids]
+        self.head, self.body = head, body
+        self.optimizer = torch.optim.AdamW(
+            [{"params": body}, {"params": head}], lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = self._scheduler()
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.prepare = InputNormaliser(model_cfg, runtime.device)
+        self.epoch = 0
+        self.best_metric = -np.inf
+        self.best_epoch = -1
+        self.best_state: dict | None = None
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+
+    def _scheduler(self):
+        cfg = self.config
+        if cfg.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="max", factor=0.1, patience=1
+            )
+        span = max(cfg.epochs - cfg.freeze_epochs, 1)
+        # plain Python floats: the checkpoint loads with weights_only=True, which refuses numpy scalars
+        lam = lambda e: 0.5 * (1 + math.cos(math.pi * min(max(e - cfg.freeze_epochs, 0), span) / span))  # noqa: E731
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, [lam, lam])
+
+    def set_phase(self, epoch: int) -> str:
+        """Head only (backbone frozen, its batch-norm statistics too) or all layers."""
+        frozen = epoch < self.config.freeze_epochs
+        for p in self.body:
+            p.requires_grad_(not frozen)
+        self.model.train()
+        if frozen:  # the classifier has no batch norm: every batch-norm layer belongs to the backbone
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+            self.optimizer.param_groups[1]["lr"] = self.config.head_lr
+        else:
+            self.optimizer.param_groups[1]["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.forward_module = LogitsAndFeatures(self.model)
+        if self.dist.active:  # DDP registers gradient hooks for the parameters that train in this phase
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+            self.forward_module = DistributedDataParallel(self.forward_module, device_ids=ids)
+        return "head" if frozen else "all"
+
+    def step(self, batch: dict) -> tuple[float, float, int]:
+        """One optimiser step; returns (classification loss, box loss, images used)."""
+        valid = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
+        if not valid.any():
+            return 0.0, 0.0, 0
+        x = self.prepare(batch["image"][valid])
+        y = batch["label"][valid].float().to(self.runtime.device)
+        w = batch["weight"][valid].float().to(self.runtime.device)
+        with self.runtime.autocast():
+            logits, features = self.forward_module(x)
+        bce = (
+            nn.functional.binary_cross_entropy_with_logits(logits[:, 0].float(), y, reduction="none") * w
+        ).mean()
+        box = self._box_loss(batch, valid, features, y)
+        loss = bce + self.config.box_loss_weight * box if box is not None else bce
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(bce.detach()), float(box.detach()) if box is not None else 0.0, int(valid.sum())
+
+    def _box_loss(self, batch: dict, valid: torch.Tensor, features: torch.Tensor, y: torch.Tensor):
+        """The box loss over this batch's positive images that have boxes (None when there are none)."""
+        if "box_mask" not in batch or self.epoch < self.config.box_loss_from:
+            return None
+        chosen = torch.as_tensor(batch["has_boxes"], dtype=torch.bool)[valid].to(y.device) & (y > 0.5)
+        if not bool(chosen.any()):
+            return None
+        cells = cam.cell_logits(features[chosen], self.model.get_classifier())
+        covered = losses.cells_covered(batch["box_mask"][valid].to(y.device)[chosen], tuple(cells.shape[-2:]))
+        return losses.box_attention_loss(cells, covered).mean()
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "best_metric": float(self.best_metric),
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "recipe": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.best_metric, self.best_epoch = (
+            state["epoch"],
+            state["best_metric"],
+            state["best_epoch"],
+        )
+        self.best_state, self.bad_epochs, self.history = (
+            state["best_state"],
+            state["bad_epochs"],
+            state["history"],
+        )
+
+
+def validate_images(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> pd.DataFrame:
+    """The validation images with their probabilities (temperature 1); under torchrun each rank
+    predicts a share and every rank gets all of them."""
+    loaded = LoadedModel(trainer.model, trainer.model_cfg, Path("."), "")
+    predictor = Predictor(loaded, trainer.runtime, heatmaps=False)
+    mine = list(range(trainer.dist.rank, len(records), trainer.dist.world))
+    cached = Reindexed(trainer.val_source, mine) if trainer.val_source is not None else None
+    found = {}
+    for result in predict_records(
+        predictor, [records[i] for i in mine], trainer.config.batch_size, workers, dataset=cached
+    ):
+        found.update({mine[i]: float(p) for i, p in zip(result.indices, result.probabilities)})
+    probs = np.full(len(records), np.nan)
+    for part in gather(found, trainer.dist):
+        for index, value in part.items():
+            probs[index] = value
+    return val.assign(probability=probs)
+
+
+def study_metrics(images: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """Study-level metrics at 0.5 (every rank computes the same, so early stopping agrees everywhere)."""
+    studies = aggregate_studies(images, "mean", 0.5).dropna(subset=["probability"])
+    y, p = studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float)
+    metrics = threshold_metrics(y, p, 0.5)
+    metrics["loss"] = float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+    return metrics, studies
+
+
+def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tuple[dict, pd.DataFrame]:
+    return study_metrics(validate_images(trainer, val, records, workers))
+
+
+def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> tuple[float, float]:
+    """One pass over the training images; returns the mean classification and box losses."""
+    if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new, agreed order every epoch
+        loader.sampler.set_epoch(epoch)
+    total, box_total, count = 0.0, 0.0, 0
+    for k, batch in enumerate(loader):
+        batch["weight"] = torch.tensor(
+            [weights.get((bp, int(lb)), 1.0) for bp, lb in zip(batch["body_part"], batch["label"])]
+        )
+        loss, box, n = trainer.step(batch)
+        total, box_total, count = total + loss * n, box_total + box * n, count + n
+        notify(TrainEvent("batch", epoch, k + 1, len(loader)))
+    if count == 0:
+        raise MuraError("no training image could be decoded")
+    return mean_across(total / count, count, trainer.dist), mean_across(
+        box_total / count, count, trainer.dist
+    )
+
+
+def _monitor(metrics: dict, name: str) -> float:
+    value = metrics.get(name)
+    return -np.inf if value is None else float(value)
+
+
+def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out_dir, notify) -> None:
+    cfg = trainer.config
+    while trainer.epoch < cfg.epochs and trainer.bad_epochs < cfg.patience:
+        epoch, started = trainer.epoch, time.perf_counter()
+        phase = trainer.set_phase(epoch)
+        lr = trainer.optimizer.param_groups[1 if phase == "head" else 0]["lr"]
+        train_loss, box_loss = train_epoch(trainer, loader, weights, notify, epoch)
+        train_seconds = time.perf_counter() - started
+        metrics, _ = validate(trainer, val, val_records, workers)
+        score = _monitor(metrics, cfg.monitor)
+        if cfg.scheduler == "plateau":
+            trainer.scheduler.step(score if np.isfinite(score) else 0.0)
+        else:
+            trainer.scheduler.step()
+        eligible = not cfg.boxes or epoch >= cfg.box_loss_from  # with boxes: only box-supervised epochs
+        if eligible and score > trainer.best_metric:
+            trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = score, epoch, 0
+            trainer.best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+        elif eligible:
+            trainer.bad_epochs += 1
+        row = {
+            "epoch": epoch + 1,
+            "phase": phase,
+            "train_loss": train_loss,
+            "train_box_loss": box_loss,
+            "val_loss": metrics["loss"],
+            "val_auroc": metrics["auroc"],
+            "val_kappa": metrics["kappa"],
+            "lr": lr,
+            "train_seconds": round(train_seconds, 2),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        trainer.history.append(row)
+        trainer.epoch = epoch + 1
+        if trainer.dist.is_main:
+            training_io.save_checkpoint(trainer.state_dict(), out_dir)
+        barrier(trainer.dist)
+        notify(TrainEvent("epoch", epoch + 1, row=row))
+
+
+def train(config: TrainConfig, notify: Callable[[TrainEvent], None] | None = None) -> TrainResult:
+    """Train; under torchrun (WORLD_SIZE > 1) as one of several DistributedDataParallel processes,
+    ``batch_size`` being the global batch and rank 0 writing every file."""
+    dist_info = init_distributed(config.device)
+    try:
+        with determinism(wants_determinism(config, device_for(dist_info, config.device))), writes_into(
+            Path(config.out_dir).expanduser(),
+            "the last finished epoch is kept in checkpoint.pt: "
+            "make room (or fix the permission) and run the same command with --resume",
+        ):
+            return _train(config, dist_info, notify if dist_info.is_main and notify else (lambda event: None))
+    finally:
+        shutdown(dist_info)
+
+
+def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
+    if config.batch_size % dist_info.world:
+        raise MuraError(
+            f"--batch-size {config.batch_size} (global) must divide by the {dist_info.world} processes"
+        )
+    seed_everything(config.seed)
+    out_dir = Path(config.out_dir).expanduser()
+    if dist_info.is_main:
+        training_io.prepare_model_dir(out_dir, config.resume)
+    barrier(dist_info)
+    pool = prepare_split(config)
+    train_rows = pool[pool["side"] == "train"].reset_index(drop=True)
+    val = pool[pool["side"] == "val"].reset_index(drop=True)
+    runtime = create_runtime(device_for(dist_info, config.device), config.precision, training=True)
+    model_cfg = model_config_for(config)
+    trainer = Trainer(config, training_io.initial_model(config, model_cfg), model_cfg, runtime, dist_info)
+    if config.resume:
+        state = training_io.load_checkpoint(out_dir)
+        training_io.check_same_recipe(state.get("recipe"), config, out_dir)
+        trainer.load_state_dict(state)
+    workers = config.workers if config.workers is not None else default_workers(runtime.device)
+    weights = class_weights(train_rows, config.class_weights)
+    augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
+    train_records, val_records = records_from_table(train_rows), records_from_table(val)
+    train_source, trainer.val_source = decoded_sources(
+        config, model_cfg, train_records, val_records, workers, dist_info, notify
+    )
+    loader = create_train_loader(
+        train_records,
+        model_cfg,
+        augment,
+        config.batch_size // dist_info.world,
+        workers,
+        runtime.device,
+        trainer.generator,
+        shard=(dist_info.rank, dist_info.world, config.seed) if dist_info.active else None,
+        source=train_source,
+        boxes=training_boxes(config),
+        box_grow=config.box_grow,
+    )
+    notify(
+        TrainEvent(
+            "start",
+            trainer.epoch,
+            total=config.epochs,
+            message=f"{len(train_rows)} training / {len(val)} validation images; {runtime.reason}"
+            + (f"; {dist_info.world} processes" if dist_info.active else ""),
+        )
+    )
+    run_epochs(trainer, loader, weights, val, val_records, workers, out_dir, notify)
+    return finish(trainer, pool, val, val_records, workers, out_dir)
+
+
+def training_boxes(config: TrainConfig) -> dict | None:
+    """The lesion boxes for the box loss, or None without ``--boxes`` (or with weight 0)."""
+    if not config.boxes or config.box_loss_weight == 0:
+        return None
+    from mura_cli.inputs.boxes import read_boxes
+
+    return read_boxes(config.boxes)
+
+
+def decoded_sources(
+    config: TrainConfig, model_cfg, train_records, val_records, workers: int, dist_info: DistInfo, notify
+):
+    """With ``config.cache``: the decoded caches of the training and validation images (rank 0 builds
+    what is missing, the others wait), else (None, None)."""
+    if not config.cache:
+        return None, None
+    from mura_cli.training.cache import DecodedCache
+
+    caches = [DecodedCache(train_records, model_cfg), DecodedCache(val_records, model_cfg)]
+    if dist_info.is_main:
+        for cache in caches:
+            if not cache.ready:
+                notify(
+                    TrainEvent(
+                        "start", message=f"Decoding {len(cache.records)} images once into {cache.folder}"
+                    )
+                )
+                cache.build(workers)
+    barrier(dist_info)
+    return tuple(cache.open() for cache in caches)
+
+
+def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> TrainResult:
+    """Best weights back, calibration (temperature, bias) and threshold from validation, precision checked on validation
+    images, model folder written."""
+    if trainer.best_state is not None:
+        trainer.model.load_state_dict(trainer.best_state)
+    images = validate_images(trainer, val, val_records, workers)
+    temperature, bias = fit_platt(images["probability"].to_numpy(float), images["label"].to_numpy(int))
+    calibrated = rescale(images["probability"].to_numpy(float), temperature, bias)
+    _, studies = study_metrics(images.assign(probability=calibrated))
+    y, p = studies["label"].astype(int).to_numpy(), studies["probability"].to_numpy(float)
+    points = operating_points(y, p, 0.5)
+    threshold = float(points.get("youden", points["model"])["threshold"])
+    val_metrics = {
+        **threshold_metrics(y, p, threshold),
+        "threshold": threshold,
+        "temperature": temperature,
+        "logit_bias": bias,
+    }
+    log = pd.DataFrame(trainer.history, columns=LOG_COLUMNS)
+    model_cfg = trainer.model_cfg.replace(
+        threshold=threshold,
+        temperature=temperature,
+        logit_bias=bias,
+        provenance=_provenance(trainer, pool, val_metrics),
+    )
+    model_cfg = model_cfg.replace(precision_checks=_precision_checks(trainer, model_cfg, val_records))
+    if trainer.dist.is_main:
+        training_io.write_model_dir(trainer.model, model_cfg, trainer.config, log, pool, val_metrics, out_dir)
+    barrier(trainer.dist)
+    return TrainResult(out_dir, log, trainer.best_epoch + 1, trainer.best_metric, threshold, val_metrics)
+
+
+PRECISION_CHECK_IMAGES = 256
+
+
+def _precision_checks(trainer: Trainer, model_cfg: ModelConfig, val_records) -> dict:
+    """How far the finished model moves in the training device's reduced precisions, measured on (up to
+    256) validation images, so that `score --precision auto` may use them where they keep the answer."""
+    if not trainer.dist.is_main:
+        return {}
+    from mura_cli.inference import precision_check
+
+    device = trainer.runtime.device
+    records = [r for r in val_records if not r.error][:PRECISION_CHECK_IMAGES]
+    loaded = LoadedModel(trainer.model, model_cfg, Path("."), "")
+    results = precision_check.check_precisions(loaded, records, device, batch_size=trainer.config.batch_size)
+    note = f"{len(records)} validation images"
+    return {device.type: {k: {**v, "on": note} for k, v in results.items()}} if results else {}
+
+
+def _provenance(trainer: Trainer, pool: pd.DataFrame, val_metrics: dict) -> dict:
+    cfg = trainer.config
+    return {
+        "tool": f"mura-cli {__version__}",
+        "data": cfg.data,
+        "recipe": copy.deepcopy(cfg.to_dict()),
+        "images": {"train": int((pool["side"] == "train").sum()), "val": int((pool["side"] == "val").sum())},
+        "best_epoch": trainer.best_epoch + 1,
+        "monitor": cfg.monitor,
+        "processes": trainer.dist.world,
+        "validation_study_metrics": {k: v for k, v in val_metrics.items() if k != "confusion"},
+        "threshold_rule": "Youden's J on validation studies",
+    }
