@@ -2,15 +2,72 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AGGREGATIONS = ("mean", "max")
-RESIZE_POLICIES = ("letterbox", "stretch")
-# image logit from the feature map: avg = mean-pool then linear (timm); lse = linear per cell, then
-# log-mean-exp of the cell logits (mura_cli.pooling)
-POOLINGS = ("avg", "lse")
-TTA_MODES = ("none", "flip")  # test-time augmentation: flip = the image and its left-right mirror
+
+class Choice(str, Enum):
+    """A named choice; a member equals its string (``Precision.FP32 == "fp32"``), so configs and JSON
+    hold plain strings while the command line lists and checks the members."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(member.value for member in cls)
+
+
+class Precision(Choice):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Aggregation(Choice):  # image probabilities -> study probability
+    MEAN = "mean"
+    MAX = "max"
+
+
+class Resize(Choice):  # keep the aspect ratio and pad, or stretch to the input size
+    LETTERBOX = "letterbox"
+    STRETCH = "stretch"
+
+
+class Pooling(Choice):
+    """Image logit from the feature map: avg = mean-pool then linear (timm); lse = linear per cell, then
+    log-mean-exp of the cell logits (mura_cli.model.pooling)."""
+
+    AVG = "avg"
+    LSE = "lse"
+
+
+class TTA(Choice):  # test-time augmentation: flip = the image and its left-right mirror
+    NONE = "none"
+    FLIP = "flip"
+
+
+class Scheduler(Choice):
+    COSINE = "cosine"
+    PLATEAU = "plateau"
+
+
+class Monitor(Choice):  # validation study metric that chooses the best epoch
+    AUROC = "auroc"
+    KAPPA = "kappa"
+
+
+class ClassWeights(Choice):  # positive-class weights: none, one for all, or per body part (MURA paper)
+    NONE = "none"
+    GLOBAL = "global"
+    PER_PART = "per-part"
+
+
+PRECISIONS = Precision.values()
+AGGREGATIONS = Aggregation.values()
+RESIZE_POLICIES = Resize.values()
+POOLINGS = Pooling.values()
+TTA_MODES = TTA.values()
 
 # DICOM Modality (0008,0060) values scored by default: computed and digital radiography. Others get a
 # reason row unless named with --allow-modality (fluoroscopy, angiography, mammography and "other"

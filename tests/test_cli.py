@@ -268,3 +268,34 @@ def test_invalid_values_exit_2_before_torch_is_imported(args):
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "command, config_name", [("score", "ScoreConfig"), ("train", "TrainConfig"), ("evaluate", "EvalConfig")]
+)
+def test_every_option_takes_its_default_help_and_choices_from_the_config(command, config_name):
+    import dataclasses
+
+    import typer.main
+
+    from mura_cli import config as config_module
+
+    config_cls = getattr(config_module, config_name)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    declared = [name for name, f in fields.items() if f.metadata]
+    assert len(declared) >= 12
+    for name in declared:
+        param = params.get(name) or params.get({"out_dir": "out"}.get(name, name))
+        if name == "resume_changes":  # given as one comma-separated string
+            continue
+        assert param is not None, f"{command} has no option for {name}"
+        spec = fields[name]
+        default = param.default
+        default = tuple(default) if isinstance(default, list) else default
+        assert default == spec.default, name
+        assert param.help == spec.metadata["help"], name
+        if spec.metadata["choice"] is not None:
+            assert param.type_descriptor.annotation is spec.metadata["choice"], (
+                name
+            )  # Typer lists and checks them

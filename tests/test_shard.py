@@ -138,7 +138,7 @@ def test_merge_refuses_damaged_overlapping_or_foreign_shards_in_one_line(tmp_pat
     again = _merge(s0, s1, "--out", tmp_path / "ok")
     assert again.exit_code == 1 and "pass --overwrite" in again.output
     assert _merge(s0, s1, "--out", tmp_path / "ok", "--overwrite").exit_code == 3
-    assert "is one of the shards" in _merge(s0, s1, "--out", s0).output
+    assert "is also an input of this run" in _merge(s0, s1, "--out", s0).output
     assert (
         "--pdf" in _merge(s0, s1, "--out", tmp_path / "p", "--pdf").output and not (tmp_path / "p").exists()
     )

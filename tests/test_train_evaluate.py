@@ -235,18 +235,35 @@ def _scripted_validation(monkeypatch, aurocs):
     monkeypatch.setattr(train_module, "validate", validate)
 
 
-def test_early_stopping_triggers_after_patience_epochs_without_improvement(learnable_folder, tmp_path, monkeypatch):
+def test_early_stopping_triggers_after_patience_epochs_without_improvement(
+    learnable_folder, tmp_path, monkeypatch
+):
     _scripted_validation(monkeypatch, [0.60, 0.70, 0.65, 0.64, 0.90, 0.95])
-    result = train(tiny_train_config(learnable_folder, tmp_path / "m", epochs=6, patience=2, freeze_epochs=0,
-                                     img_size=32))
+    result = train(
+        tiny_train_config(
+            learnable_folder, tmp_path / "m", epochs=6, patience=2, freeze_epochs=0, img_size=32
+        )
+    )
     assert result.log["epoch"].tolist() == [1, 2, 3, 4]  # epochs 3 and 4 did not beat epoch 2: stop
     assert result.best_epoch == 2 and result.best_metric == pytest.approx(0.70)
 
 
-def test_plateau_schedule_cuts_the_learning_rate_when_validation_stalls(learnable_folder, tmp_path, monkeypatch):
+def test_plateau_schedule_cuts_the_learning_rate_when_validation_stalls(
+    learnable_folder, tmp_path, monkeypatch
+):
     _scripted_validation(monkeypatch, [0.60, 0.70, 0.69, 0.68, 0.67])
-    result = train(tiny_train_config(learnable_folder, tmp_path / "m", epochs=5, patience=10, freeze_epochs=0,
-                                     img_size=32, scheduler="plateau", lr=1e-3))
+    result = train(
+        tiny_train_config(
+            learnable_folder,
+            tmp_path / "m",
+            epochs=5,
+            patience=10,
+            freeze_epochs=0,
+            img_size=32,
+            scheduler="plateau",
+            lr=1e-3,
+        )
+    )
     lrs = result.log["lr"].tolist()
     assert lrs[:4] == pytest.approx([1e-3] * 4)  # epochs 3 and 4 stall: one is tolerated, the second ...
     assert lrs[4] == pytest.approx(1e-4)  # ... cuts the rate tenfold for epoch 5

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from mura_cli import __version__, choices
 from mura_cli.choices import ExitCode
+from mura_cli.cli.options import build, opt
+from mura_cli.config import EvalConfig, ScoreConfig, TrainConfig
 from mura_cli.errors import MuraError, OutputError
 
 app = typer.Typer(
@@ -108,79 +110,28 @@ def _summary(result) -> None:
 @app.command()
 def score(
     input: Path = typer.Argument(..., help="Folder of studies (PNG, JPEG, DICOM), or one image file."),
-    out: Path = typer.Option(Path(choices.DEFAULT_OUT_DIR), "--out", "-o", help="Results folder."),
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="Model folder or model name (default: the shipped default model)."
-    ),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf with thumbnails and heatmaps."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 (autocast)."),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
-    workers: int | None = typer.Option(None, min=0, help="Decode workers (default: chosen for the device)."),
-    aggregate: str | None = typer.Option(
-        None, help="Study probability from its images: mean or max (default: the model's)."
-    ),
-    threshold: float | None = typer.Option(
-        None, min=0.0, max=1.0, help="Decision threshold (default: the model's)."
-    ),
-    heatmaps: bool = typer.Option(
-        True, "--heatmaps/--no-heatmaps", help="Grad-CAM heatmaps (peak in images.csv, overlays in the PDF)."
-    ),
+    out: Path = opt(ScoreConfig, "out_dir"),
+    model: str | None = opt(ScoreConfig, "model"),
+    pdf: bool = opt(ScoreConfig, "pdf"),
+    device: str = opt(ScoreConfig, "device"),
+    precision: choices.Precision = opt(ScoreConfig, "precision"),
+    batch_size: int = opt(ScoreConfig, "batch_size"),
+    workers: int | None = opt(ScoreConfig, "workers"),
+    aggregate: choices.Aggregation | None = opt(ScoreConfig, "aggregate"),
+    threshold: float | None = opt(ScoreConfig, "threshold"),
+    heatmaps: bool = opt(ScoreConfig, "heatmaps"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
     resume: bool = typer.Option(
         False, "--resume", help="Finish an interrupted run in --out: skip the images it scored."
     ),
-    include_phi: bool = typer.Option(
-        False, "--include-phi", help="Put DICOM PatientID in the patient_id column (off by default)."
-    ),
-    shard: str | None = typer.Option(
-        None,
-        "--shard",
-        help="I/N: score only share I (0-based) of N, by a stable hash of the study id; combine with `mura-cli merge`.",
-    ),
-    tta: str = typer.Option(
-        "none",
-        "--tta",
-        help="Test-time augmentation: none, or flip (average with the left-right mirror; 2x the model time).",
-    ),
-    allow_modality: list[str] = typer.Option(
-        [],
-        "--allow-modality",
-        help="Also score DICOM files of this modality (repeatable; CR and DX always are), e.g. RF, XA, MG, OT.",
-    ),
+    include_phi: bool = opt(ScoreConfig, "include_phi"),
+    shard: str | None = opt(ScoreConfig, "shard"),
+    tta: choices.TTA = opt(ScoreConfig, "tta"),
+    allow_modality: list[str] = opt(ScoreConfig, "allow_modality"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Score every radiograph below INPUT; write images.csv, studies.csv, run.json (and report.pdf)."""
-    from mura_cli.config import ScoreConfig  # torch is imported only once the options are known to be valid
-
-    if aggregate is not None and aggregate not in choices.AGGREGATIONS:
-        raise typer.BadParameter(
-            f"expected one of {', '.join(choices.AGGREGATIONS)}", param_hint="--aggregate"
-        )
-    if precision not in choices.PRECISIONS:
-        raise typer.BadParameter(f"expected one of {', '.join(choices.PRECISIONS)}", param_hint="--precision")
-    if tta not in choices.TTA_MODES:
-        raise typer.BadParameter(f"expected one of {', '.join(choices.TTA_MODES)}", param_hint="--tta")
-    try:
-        config = ScoreConfig(
-            input=str(input),
-            out_dir=str(out),
-            model=model,
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            workers=workers,
-            aggregate=aggregate,
-            threshold=threshold,
-            heatmaps=heatmaps,
-            pdf=pdf,
-            include_phi=include_phi,
-            shard=shard,
-            tta=tta,
-            allow_modality=tuple(m.strip().upper() for m in allow_modality),
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    config = build(ScoreConfig, locals(), input=input, out_dir=out)
     if overwrite and resume:
         raise typer.BadParameter("choose one of --overwrite and --resume", param_hint="--resume")
     if include_phi:
@@ -284,153 +235,49 @@ def train(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Model folder to write (config.json, model.safetensors, ...)."
     ),
-    arch: str = typer.Option(
-        "efficientnet_lite0", help="timm architecture (densenet169, efficientnet_b0, resnet50, ...)."
-    ),
-    img_size: int = typer.Option(320, "--img-size", min=32, max=2048),
-    in_chans: int = typer.Option(
-        1, "--in-chans", min=1, max=3, help="1: grayscale input (no wasted channels); 3: RGB copies."
-    ),
-    epochs: int = typer.Option(20, min=1),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
-    lr: float = typer.Option(5e-4, help="Learning rate for all layers."),
-    head_lr: float = typer.Option(
-        1e-3, "--head-lr", help="Learning rate of the classifier while the backbone is frozen."
-    ),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-    freeze_epochs: int = typer.Option(
-        0, "--freeze-epochs", min=0, help="Epochs that train the classifier alone."
-    ),
-    scheduler: str = typer.Option("cosine", help="cosine or plateau."),
-    patience: int = typer.Option(5, min=1, help="Stop after this many epochs without improvement."),
-    monitor: str = typer.Option("auroc", help="Validation study metric for model selection: auroc or kappa."),
-    class_weights: str = typer.Option(
-        "per-part", "--class-weights", help="none, global or per-part (MURA paper)."
-    ),
-    val_fraction: float = typer.Option(0.15, "--val-fraction", min=0.01, max=0.9),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto"),
-    precision: str = typer.Option("auto"),
-    workers: int | None = typer.Option(None, min=0),
-    pretrained: bool = typer.Option(
-        False, "--pretrained", help="ImageNet weights through timm's hub (online)."
-    ),
-    init_weights: str | None = typer.Option(
-        None, "--init-weights", help="Local initial weights (.safetensors)."
-    ),
-    output_stride: int = typer.Option(
-        32,
-        "--output-stride",
-        help="16: heatmap cells of 16 input pixels (dilated last stages), finer maps, more compute.",
-    ),
-    pooling: str = typer.Option(
-        "avg",
-        "--pooling",
-        help="avg: mean-pool then linear (timm); lse: the linear layer scores each heatmap cell and the image logit is their log-mean-exp, so the heatmap is the decision.",
-    ),
-    boxes: Path | None = typer.Option(
-        None,
-        "--boxes",
-        help="Lesion boxes CSV (image_id or path, x0, y0, x1, y1): pull the heatmaps of positive images into their boxes.",
-    ),
-    box_loss_weight: float = typer.Option(
-        1.0, "--box-loss-weight", min=0.0, help="Weight of the box loss beside the classification loss."
-    ),
-    box_grow: float = typer.Option(
-        0.25,
-        "--box-grow",
-        min=0.0,
-        help="Boxes grown by this share of their size on each side for the box loss.",
-    ),
-    box_loss_from: int = typer.Option(
-        0,
-        "--box-loss-from",
-        min=0,
-        help="First epoch (0-based) with the box loss; the best checkpoint is chosen from then on.",
-    ),
-    flip: bool = typer.Option(True, "--flip/--no-flip"),
-    rotate: float = typer.Option(10.0, help="Random rotation, degrees (0 disables; the MURA paper used 30)."),
-    brightness: float = typer.Option(0.2),
-    contrast: float = typer.Option(0.2),
-    scale: float = typer.Option(0.1, help="Random zoom, +- fraction."),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue an interrupted run in --out (the same options; the checkpoint's recipe is checked).",
-    ),
-    resume_changes: str | None = typer.Option(
-        None,
-        "--resume-changes",
-        help="With --resume: recipe fields that may differ from the checkpoint's run, of epochs and patience (e.g. epochs,patience).",
-    ),
-    deterministic: bool | None = typer.Option(
-        None,
-        "--deterministic/--no-deterministic",
-        help="Deterministic algorithms, no cuDNN autotuning (default: on for the CPU, off on GPUs).",
-        show_default=False,
-    ),
-    cache: bool = typer.Option(
-        True,
-        "--cache/--no-cache",
-        help="Decode each image once into a memory-mapped cache ($MURA_CLI_CACHE, default ~/.cache/mura-cli/decoded).",
-    ),
-    name: str = typer.Option("", help="Model name (default: the folder name)."),
-    positive_class: str = typer.Option("abnormal", "--positive-class", help="Meaning of label 1."),
-    negative_class: str = typer.Option("normal", "--negative-class", help="Meaning of label 0."),
-    task: str = typer.Option(
-        "Musculoskeletal radiograph: abnormal (1) or normal (0)", help="One line on what the model does."
-    ),
+    arch: str = opt(TrainConfig, "arch"),
+    img_size: int = opt(TrainConfig, "img_size"),
+    in_chans: int = opt(TrainConfig, "in_chans"),
+    epochs: int = opt(TrainConfig, "epochs"),
+    batch_size: int = opt(TrainConfig, "batch_size"),
+    lr: float = opt(TrainConfig, "lr"),
+    head_lr: float = opt(TrainConfig, "head_lr"),
+    weight_decay: float = opt(TrainConfig, "weight_decay"),
+    freeze_epochs: int = opt(TrainConfig, "freeze_epochs"),
+    scheduler: choices.Scheduler = opt(TrainConfig, "scheduler"),
+    patience: int = opt(TrainConfig, "patience"),
+    monitor: choices.Monitor = opt(TrainConfig, "monitor"),
+    class_weights: choices.ClassWeights = opt(TrainConfig, "class_weights"),
+    val_fraction: float = opt(TrainConfig, "val_fraction"),
+    seed: int = opt(TrainConfig, "seed"),
+    device: str = opt(TrainConfig, "device"),
+    precision: choices.Precision = opt(TrainConfig, "precision"),
+    workers: int | None = opt(TrainConfig, "workers"),
+    pretrained: bool = opt(TrainConfig, "pretrained"),
+    init_weights: str | None = opt(TrainConfig, "init_weights"),
+    output_stride: int = opt(TrainConfig, "output_stride"),
+    pooling: choices.Pooling = opt(TrainConfig, "pooling"),
+    boxes: Path | None = opt(TrainConfig, "boxes"),
+    box_loss_weight: float = opt(TrainConfig, "box_loss_weight"),
+    box_grow: float = opt(TrainConfig, "box_grow"),
+    box_loss_from: int = opt(TrainConfig, "box_loss_from"),
+    flip: bool = opt(TrainConfig, "flip"),
+    rotate: float = opt(TrainConfig, "rotate"),
+    brightness: float = opt(TrainConfig, "brightness"),
+    contrast: float = opt(TrainConfig, "contrast"),
+    scale: float = opt(TrainConfig, "scale"),
+    resume: bool = opt(TrainConfig, "resume"),
+    resume_changes: str | None = opt(TrainConfig, "resume_changes", default=None),
+    deterministic: bool | None = opt(TrainConfig, "deterministic"),
+    cache: bool = opt(TrainConfig, "cache"),
+    name: str = opt(TrainConfig, "name"),
+    positive_class: str = opt(TrainConfig, "positive_class"),
+    negative_class: str = opt(TrainConfig, "negative_class"),
+    task: str = opt(TrainConfig, "task"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fine-tune a timm model; write a model folder that `score` and `evaluate` take."""
-    from mura_cli.config import TrainConfig
-
-    try:
-        config = TrainConfig(
-            data=str(data),
-            out_dir=str(out),
-            arch=arch,
-            img_size=img_size,
-            in_chans=in_chans,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            head_lr=head_lr,
-            weight_decay=weight_decay,
-            freeze_epochs=freeze_epochs,
-            scheduler=scheduler,
-            patience=patience,
-            monitor=monitor,
-            class_weights=class_weights,
-            val_fraction=val_fraction,
-            seed=seed,
-            device=device,
-            precision=precision,
-            workers=workers,
-            pretrained=pretrained,
-            init_weights=init_weights,
-            output_stride=output_stride,
-            pooling=pooling,
-            boxes=str(boxes) if boxes else None,
-            box_loss_weight=box_loss_weight,
-            box_grow=box_grow,
-            box_loss_from=box_loss_from,
-            flip=flip,
-            rotate=rotate,
-            brightness=brightness,
-            contrast=contrast,
-            scale=scale,
-            resume=resume,
-            resume_changes=_names(resume_changes),
-            cache=cache,
-            deterministic=deterministic,
-            name=name,
-            positive_class=positive_class,
-            negative_class=negative_class,
-            task=task,
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    config = build(TrainConfig, locals(), data=data, out_dir=out, resume_changes=_names(resume_changes))
     from mura_cli.training.train import train as run_training
 
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 talks
@@ -459,70 +306,27 @@ def evaluate(
     data: Path = typer.Argument(
         ..., help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."
     ),
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="Model folder or name (default: the default model)."
-    ),
-    out: Path = typer.Option(Path("mura-evaluation"), "--out", "-o"),
-    split: str | None = typer.Option(
-        None, help="train, valid, test or all (default: valid, else test, else all)."
-    ),
-    boxes: Path | None = typer.Option(
-        None, help="CSV of boxes (image_id or path, x0, y0, x1, y1) for heatmap localisation."
-    ),
-    pointing_tolerance: float = typer.Option(
-        0.04,
-        "--pointing-tolerance",
-        min=0.0,
-        max=0.99,
-        help="Tolerant pointing game: boxes grown by this share of the image's long side (at least 10% of the box).",
-    ),
-    deletion: bool = typer.Option(
-        True,
-        "--deletion/--no-deletion",
-        help="With --boxes: score positives again with their boxes filled, and with regions elsewhere filled.",
-    ),
-    tta: str = typer.Option("none", "--tta", help="Test-time augmentation: none or flip."),
-    allow_modality: list[str] = typer.Option(
-        [],
-        "--allow-modality",
-        help="Also evaluate DICOM files of this modality (repeatable; CR and DX always are).",
-    ),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write report.pdf."),
-    bootstrap: int = typer.Option(1000, min=100, help="Bootstrap resamples of studies for 95% CIs."),
-    target_sensitivity: float = typer.Option(0.9, "--target-sensitivity", min=0.01, max=0.99),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto"),
-    precision: str = typer.Option("auto"),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
-    workers: int | None = typer.Option(None, min=0),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    model: str | None = opt(EvalConfig, "model"),
+    out: Path = opt(EvalConfig, "out_dir"),
+    split: str | None = opt(EvalConfig, "split"),
+    boxes: Path | None = opt(EvalConfig, "boxes"),
+    pointing_tolerance: float = opt(EvalConfig, "pointing_tolerance"),
+    deletion: bool = opt(EvalConfig, "deletion"),
+    tta: choices.TTA = opt(EvalConfig, "tta"),
+    allow_modality: list[str] = opt(EvalConfig, "allow_modality"),
+    pdf: bool = opt(EvalConfig, "pdf"),
+    bootstrap: int = opt(EvalConfig, "bootstrap"),
+    target_sensitivity: float = opt(EvalConfig, "target_sensitivity"),
+    seed: int = opt(EvalConfig, "seed"),
+    device: str = opt(EvalConfig, "device"),
+    precision: choices.Precision = opt(EvalConfig, "precision"),
+    batch_size: int = opt(EvalConfig, "batch_size"),
+    workers: int | None = opt(EvalConfig, "workers"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Judge a model: AUROC, kappa, sensitivity, specificity (with 95% CIs) per body part, and more."""
-    from mura_cli.config import EvalConfig
-
-    try:
-        config = EvalConfig(
-            data=str(data),
-            out_dir=str(out),
-            model=model,
-            split=split,
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            workers=workers,
-            boxes=str(boxes) if boxes else None,
-            bootstrap=bootstrap,
-            seed=seed,
-            target_sensitivity=target_sensitivity,
-            pdf=pdf,
-            tta=tta,
-            pointing_tolerance=pointing_tolerance,
-            deletion=deletion,
-            allow_modality=tuple(m.strip().upper() for m in allow_modality),
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    config = build(EvalConfig, locals(), data=data, out_dir=out)
     from mura_cli.evaluation.evaluate import evaluate as run_evaluation
 
     view = _ProgressView(quiet)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from mura_cli import __version__
 from mura_cli.config import EvalConfig
-from mura_cli.errors import InputError, writes_into
+from mura_cli.errors import writes_into
 from mura_cli.evaluation import metrics
 from mura_cli.inference.aggregate import aggregate_studies
 from mura_cli.inference.batches import default_workers
@@ -24,6 +24,7 @@ from mura_cli.inputs import boxes as box_geometry
 from mura_cli.inputs.datasets import read_dataset, select_split
 from mura_cli.inputs.discover import records_from_table, screen_modalities
 from mura_cli.model.factory import load_model, resolve_model_dir
+from mura_cli.results.folder import check_out_dir
 from mura_cli.results.writers import write_csv, write_json
 
 RESULT_FILES = ("metrics.json", "studies.csv", "images.csv", "per_body_part.csv")
@@ -263,13 +264,8 @@ def per_body_part_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _prepare(out_dir: Path, overwrite: bool) -> Path:
-    existing = [n for n in RESULT_FILES if (out_dir / n).exists()]
-    if existing and not overwrite:
-        raise InputError(
-            f"{out_dir}: holds results of an earlier evaluation ({', '.join(existing)}); "
-            "pass --overwrite or choose another --out"
-        )
+def _prepare(out_dir: Path, overwrite: bool, data: str) -> Path:
+    check_out_dir(out_dir, RESULT_FILES, inputs=(Path(data),), overwrite=overwrite, can_resume=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 
@@ -294,7 +290,7 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
     loaded = load_model(resolve_model_dir(config.model))
     runtime = create_runtime(config.device, config.precision, loaded.config.precision_checks)
     boxes = box_geometry.read_boxes(config.boxes) if config.boxes else {}
-    out_dir = _prepare(Path(config.out_dir).expanduser(), overwrite)
+    out_dir = _prepare(Path(config.out_dir).expanduser(), overwrite, config.data)
     notify(
         EvalEvent(
             "start",

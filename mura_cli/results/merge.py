@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from mura_cli.errors import InputError, writes_into
+from mura_cli.results.folder import check_out_dir
 from mura_cli.results.shard import walk_order_key
 from mura_cli.results.writers import write_csv, write_json
 from mura_cli.scoring.score import RESULT_FILES, read_images_csv
@@ -107,19 +108,6 @@ def _check_disjoint(loaded: list, folders: list[Path]) -> None:
                 owner[key] = folder
 
 
-def _check_out(out: Path, folders: list[Path], overwrite: bool) -> None:
-    target = out.resolve()
-    for folder in folders:
-        if folder.resolve() == target:
-            raise InputError(f"{out}: is one of the shards being merged; choose another --out")
-    existing = [name for name in RESULT_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise InputError(
-            f"{out}: holds results of an earlier run ({', '.join(existing)}); pass --overwrite to "
-            "replace them, or choose another --out"
-        )
-
-
 def merge_shards(
     folders: list[str | Path], out_dir: str | Path, pdf: bool = False, overwrite: bool = False
 ) -> dict:
@@ -133,7 +121,7 @@ def merge_shards(
 
 def _merge(folders: list[str | Path], out: Path, pdf: bool, overwrite: bool) -> dict:
     folders = [Path(f) for f in folders]
-    _check_out(out, folders, overwrite)
+    check_out_dir(out, RESULT_FILES, inputs=folders, overwrite=overwrite, can_resume=False)
     loaded = [_load_shard(f) for f in folders]
     runs = [run for run, _, _ in loaded]
     count = _check(runs, folders)

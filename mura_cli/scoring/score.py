@@ -35,6 +35,7 @@ from mura_cli.report.images import Thumbnails, make_thumbnails
 from mura_cli.report.thumbnailer import Thumbnailer, thumbnail_threads
 from mura_cli.report.thumbstore import ThumbStore
 from mura_cli.results import lock as folder_lock
+from mura_cli.results.folder import check_out_dir
 from mura_cli.results.shard import parse_shard
 from mura_cli.results.writers import write_csv, write_json
 
@@ -68,21 +69,19 @@ def _now() -> str:
 
 
 def prepare_out_dir(
-    out_dir: Path, overwrite: bool, resume: bool, weights_sha256: str, input_root: Path | None = None
+    out_dir: Path,
+    overwrite: bool,
+    resume: bool,
+    weights_sha256: str,
+    input_root: Path | None = None,
+    inputs: tuple[Path, ...] = (),
 ) -> pd.DataFrame:
     """Refuse to replace earlier results unless asked to; with ``resume``, return the rows an
     interrupted run scored (checked to come from the same model and input folder; failed rows are
     left out, so that they are tried again)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder")
-    existing = [name for name in RESULT_FILES if (out_dir / name).exists()]
+    existing = check_out_dir(out_dir, RESULT_FILES, inputs=inputs, overwrite=overwrite, resume=resume)
     if resume:
         return _finished_rows(out_dir, weights_sha256, input_root)
-    if existing and not overwrite:
-        raise InputError(
-            f"{out_dir}: holds results of an earlier run ({', '.join(existing)}); pass --resume to "
-            "finish an interrupted run, --overwrite to replace them, or choose another --out"
-        )
     out_dir.mkdir(parents=True, exist_ok=True)
     if existing:  # --overwrite: set aside, deleted only once the new run has finished (score_folder)
         previous = out_dir / PREVIOUS_FOLDER
@@ -331,8 +330,7 @@ def score_folder(
             f"{discovery.root}: no PNG, JPEG or DICOM images found ({discovery.skipped} other files skipped)"
         )
     out_dir = Path(config.out_dir).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder")
+    check_out_dir(out_dir, RESULT_FILES, inputs=(Path(config.input),), overwrite=overwrite, resume=resume)
     try:
         with folder_lock.hold(out_dir):
             result = _score_into(
@@ -378,7 +376,10 @@ def _score_into(
 ):
     """The part of score_folder that writes into the (locked) results folder."""
     done, changed = unchanged_rows(
-        prepare_out_dir(out_dir, overwrite, resume, loaded.weights_sha256, discovery.root), discovery.images
+        prepare_out_dir(
+            out_dir, overwrite, resume, loaded.weights_sha256, discovery.root, inputs=(Path(config.input),)
+        ),
+        discovery.images,
     )
     if config.pdf and len(done):  # rows scored without --pdf have no thumbnails: score them again for the PDF
         store = ThumbStore(out_dir)

@@ -14,21 +14,25 @@ from torch import nn
 from mura_cli.config import ModelConfig, TrainConfig
 from mura_cli.errors import MuraError
 from mura_cli.model.factory import CARD_FILE, CONFIG_FILE, create_model, save_model
+from mura_cli.results.folder import check_out_dir
 from mura_cli.results.writers import atomic_write_bytes, write_csv, write_json
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def prepare_model_dir(out_dir: Path, resume: bool) -> None:
+def prepare_model_dir(out_dir: Path, resume: bool, data: str | None = None) -> None:
+    """A fresh model folder, or (``resume``) one with a checkpoint to continue from."""
+    check_out_dir(
+        out_dir,
+        (CHECKPOINT_FILE, CONFIG_FILE),
+        inputs=(Path(data),) if data else (),
+        resume=resume,
+        can_overwrite=False,
+    )
     if resume:
         if not (out_dir / CHECKPOINT_FILE).is_file():
             raise MuraError(f"{out_dir}: no {CHECKPOINT_FILE} to resume from")
         return
-    if (out_dir / CHECKPOINT_FILE).exists() or (out_dir / CONFIG_FILE).exists():
-        raise MuraError(
-            f"{out_dir}: holds a model or an unfinished run; pass --resume to continue it "
-            "or choose another --out"
-        )
     out_dir.mkdir(parents=True, exist_ok=True)
 
 

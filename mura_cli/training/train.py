@@ -9,7 +9,6 @@ threshold chosen on validation (Youden's J); resumable from the last finished ep
 from __future__ import annotations
 
 import contextlib
-
 import copy
 import math
 import random
@@ -95,8 +94,11 @@ def seed_everything(seed: int) -> None:
 def determinism(on: bool):
     """Deterministic algorithms (and no cuDNN autotuning) while training, as asked; the process's
     own settings are put back afterwards, so a notebook that trains is not slowed down for good."""
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     torch.use_deterministic_algorithms(on, warn_only=True)
     torch.backends.cudnn.benchmark = not on
     try:
@@ -421,10 +423,13 @@ def train(config: TrainConfig, notify: Callable[[TrainEvent], None] | None = Non
     ``batch_size`` being the global batch and rank 0 writing every file."""
     dist_info = init_distributed(config.device)
     try:
-        with determinism(wants_determinism(config, device_for(dist_info, config.device))), writes_into(
-            Path(config.out_dir).expanduser(),
-            "the last finished epoch is kept in checkpoint.pt: "
-            "make room (or fix the permission) and run the same command with --resume",
+        with (
+            determinism(wants_determinism(config, device_for(dist_info, config.device))),
+            writes_into(
+                Path(config.out_dir).expanduser(),
+                "the last finished epoch is kept in checkpoint.pt: "
+                "make room (or fix the permission) and run the same command with --resume",
+            ),
         ):
             return _train(config, dist_info, notify if dist_info.is_main and notify else (lambda event: None))
     finally:
@@ -439,7 +444,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     seed_everything(config.seed)
     out_dir = Path(config.out_dir).expanduser()
     if dist_info.is_main:
-        training_io.prepare_model_dir(out_dir, config.resume)
+        training_io.prepare_model_dir(out_dir, config.resume, config.data)
     barrier(dist_info)
     pool = prepare_split(config)
     train_rows = pool[pool["side"] == "train"].reset_index(drop=True)

@@ -1,0 +1,80 @@
+"""One guard for every command's --out (mura_cli.results.folder)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from mura_cli.cli import app
+from mura_cli.errors import InputError
+from mura_cli.results.folder import check_out_dir
+
+from conftest import learnable_mura, radiograph, save_png8
+
+runner = CliRunner()
+
+
+def test_the_rules_in_one_place(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(InputError, match="exists and is not a folder"):
+        check_out_dir(tmp_path / "a-file", ("images.csv",))
+    with pytest.raises(InputError, match="lies inside the input folder"):
+        check_out_dir(tmp_path / "data" / "results", ("images.csv",), inputs=(tmp_path / "data",))
+    with pytest.raises(InputError, match="is also an input of this run"):
+        check_out_dir(tmp_path / "data", ("images.csv",), inputs=(tmp_path / "data",))
+    with pytest.raises(InputError, match="choose one of --overwrite and --resume"):
+        check_out_dir(tmp_path / "out", ("images.csv",), overwrite=True, resume=True)
+    with pytest.raises(InputError, match="nothing to resume"):
+        check_out_dir(tmp_path / "out", ("images.csv",), resume=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "images.csv").write_text("")
+    with pytest.raises(
+        InputError, match=r"pass --resume to finish an interrupted run, --overwrite to replace"
+    ):
+        check_out_dir(tmp_path / "out", ("images.csv", "run.json"))
+    with pytest.raises(InputError, match=r"\(images.csv\); choose another --out"):
+        check_out_dir(tmp_path / "out", ("images.csv",), can_overwrite=False, can_resume=False)
+    assert check_out_dir(tmp_path / "out", ("images.csv", "run.json"), overwrite=True) == ["images.csv"]
+    assert check_out_dir(tmp_path / "elsewhere", ("images.csv",), inputs=(tmp_path / "data",)) == []
+    assert check_out_dir(tmp_path / "out2", ("x",), inputs=(tmp_path / "a-file",)) == []  # a file input
+
+
+def test_every_command_refuses_an_out_inside_its_input(tmp_path, tiny_model):
+    data = learnable_mura(tmp_path / "data", patients=4)
+    save_png8(radiograph(0), tmp_path / "one.png")
+    commands = {
+        "score": ["score", str(data), "--out", str(data / "results"), "--model", str(tiny_model)],
+        "evaluate": ["evaluate", str(data), "--out", str(data / "ev"), "--model", str(tiny_model)],
+        "train": [
+            "train",
+            str(data),
+            "--out",
+            str(data / "model"),
+            "--arch",
+            "resnet10t",
+            "--img-size",
+            "32",
+        ],
+    }
+    for name, args in commands.items():
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (name, result.output)
+        assert "lies inside the input folder" in result.output and "Traceback" not in result.output, name
+        assert not any((data / sub).exists() for sub in ("results", "ev", "model")), name
+    # one image as input: its own folder is not the input folder
+    single = runner.invoke(
+        app,
+        [
+            "score",
+            str(tmp_path / "one.png"),
+            "--out",
+            str(tmp_path / "r"),
+            "--model",
+            str(tiny_model),
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
+    assert single.exit_code == 0, single.output
