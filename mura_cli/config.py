@@ -65,7 +65,7 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: Path) -> ModelConfig:
-        from mura_cli.inputs.sniff import regular_file_problem
+        from mura_cli.files import regular_file_problem
 
         try:
             problem = regular_file_problem(Path(path))

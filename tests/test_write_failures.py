@@ -14,7 +14,7 @@ from mura_cli.choices import ExitCode
 from mura_cli.cli.commands import app
 from mura_cli.errors import is_write_failure
 from mura_cli.evaluation import evaluate as evaluate_module
-from mura_cli.results import merge as merge_module
+from mura_cli.scoring import merge as merge_module
 from mura_cli.training import checkpoints as training_io
 
 from conftest import copy, learnable_mura, radiograph, save_png8

@@ -460,7 +460,7 @@ def merge(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
 ) -> None:
     """Combine shard results into exactly what a single run would have written."""
-    from mura_cli.results.merge import merge_shards
+    from mura_cli.scoring.merge import merge_shards
 
     try:
         run = merge_shards(shards, out, pdf=pdf, overwrite=overwrite)

@@ -109,7 +109,7 @@ def record_checks(model_dir: Path, device_kind: str, results: dict[str, dict], n
             "torch": torch.__version__,
             **({"on": note} if note else {}),
         }
-    from mura_cli.results.writers import atomic_write_bytes
+    from mura_cli.files import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
     return path

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
+
+from mura_cli.files import NotRegularFile, regular_file_problem
+
+__all__ = ["NotRegularFile", "regular_file_problem", "sniff_bytes", "sniff_file"]
 
 PNG, JPEG, DICOM = "png", "jpeg", "dicom"
 
@@ -40,29 +42,6 @@ def sniff_bytes(head: bytes) -> str | None:
     if _looks_like_bare_dicom(head):
         return DICOM
     return None
-
-
-class NotRegularFile(OSError):
-    """A FIFO, socket or device where a file was expected: opening it could block forever."""
-
-
-_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISDIR, "a folder"),
-)
-
-
-def regular_file_problem(path: Path) -> str | None:
-    """Why ``path`` (links followed) is not a regular file, or None when it is one. Raises OSError when
-    it cannot be looked at (missing, permission)."""
-    mode = os.stat(path).st_mode
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-    return f"not a regular file: {kind}"
 
 
 def sniff_file(path: Path) -> str | None:

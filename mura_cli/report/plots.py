@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from mura_cli.results.writers import atomic_write_bytes  # noqa: E402
+from mura_cli.files import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:

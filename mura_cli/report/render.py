@@ -11,8 +11,8 @@ import markupsafe
 
 from mura_cli.choices import RESEARCH_NOTICE
 from mura_cli.errors import ReportError
+from mura_cli.files import atomic_write_bytes
 from mura_cli.resources import data_dir
-from mura_cli.results.writers import atomic_write_bytes
 
 PICTURE_SCHEME = "mura-picture"
 

@@ -7,8 +7,8 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from mura_cli.files import atomic_write_bytes
 from mura_cli.report.images import Thumbnails
-from mura_cli.results.writers import atomic_write_bytes
 
 FOLDER = ".thumbnails"
 

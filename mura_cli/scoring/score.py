@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
-import io
 import json
 import os
 import platform
@@ -35,11 +34,9 @@ from mura_cli.report.images import Thumbnails, make_thumbnails
 from mura_cli.report.thumbnailer import Thumbnailer, thumbnail_threads
 from mura_cli.report.thumbstore import ThumbStore
 from mura_cli.results import lock as folder_lock
-from mura_cli.results.folder import check_out_dir
+from mura_cli.results.folder import RESULT_FILES, check_out_dir, check_out_location, read_images_csv
 from mura_cli.results.shard import parse_shard
 from mura_cli.results.writers import write_csv, write_json
-
-RESULT_FILES = ("images.csv", "studies.csv", "run.json", "report.pdf")
 
 
 @dataclass(frozen=True)
@@ -131,27 +128,6 @@ def unchanged_rows(done: pd.DataFrame, records: tuple[ImageRecord, ...]) -> tupl
     changed = [path in now and stat != now[path] for path, stat in zip(done["path"], was)]
     # rows of files no longer found are kept here and dropped with the other absent paths in _run_model
     return done[[not c for c in changed]].reset_index(drop=True), sum(changed)
-
-
-def read_images_csv(path: Path) -> pd.DataFrame:
-    """Rows of an images.csv, a last line cut off by a crash dropped."""
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    rows = list(csv.DictReader(io.StringIO(text)))
-    table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
-    table["probability"] = pd.to_numeric(table["probability"], errors="coerce")
-    for column in ("width", "height", "heatmap_peak_x", "heatmap_peak_y", "file_bytes", "file_mtime_ns"):
-        # straight from the text to Int64: through float64, nanosecond times (~1.7e18) would lose digits
-        table[column] = pd.array([_integer(v) for v in table[column]], dtype="Int64")
-    return table
-
-
-def _integer(text):
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return pd.NA
 
 
 def _thumbnails(result: BatchResult, k: int) -> Thumbnails | None:
@@ -330,7 +306,7 @@ def score_folder(
             f"{discovery.root}: no PNG, JPEG or DICOM images found ({discovery.skipped} other files skipped)"
         )
     out_dir = Path(config.out_dir).expanduser()
-    check_out_dir(out_dir, RESULT_FILES, inputs=(Path(config.input),), overwrite=overwrite, resume=resume)
+    check_out_location(out_dir, inputs=(Path(config.input),))
     try:
         with folder_lock.hold(out_dir):
             result = _score_into(

@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mura_cli.config import ModelConfig
+from mura_cli.files import atomic_write_bytes
 from mura_cli.inference.batches import ImageDataset, _worker_init
 from mura_cli.inputs.discover import ImageRecord
-from mura_cli.results.writers import atomic_write_bytes
 
 CACHE_ENV = "MURA_CLI_CACHE"  # folder for decoded caches; default ~/.cache/mura-cli/decoded
 FORMAT = 1

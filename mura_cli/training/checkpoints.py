@@ -13,9 +13,10 @@ from torch import nn
 
 from mura_cli.config import ModelConfig, TrainConfig
 from mura_cli.errors import MuraError
+from mura_cli.files import atomic_write_bytes
 from mura_cli.model.factory import CARD_FILE, CONFIG_FILE, create_model, save_model
 from mura_cli.results.folder import check_out_dir
-from mura_cli.results.writers import atomic_write_bytes, write_csv, write_json
+from mura_cli.results.writers import write_csv, write_json
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

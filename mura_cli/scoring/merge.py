@@ -14,10 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from mura_cli.errors import InputError, writes_into
-from mura_cli.results.folder import check_out_dir
+from mura_cli.results.folder import RESULT_FILES, check_out_dir, read_images_csv
 from mura_cli.results.shard import walk_order_key
 from mura_cli.results.writers import write_csv, write_json
-from mura_cli.scoring.score import RESULT_FILES, read_images_csv
 
 # run.json config fields that may differ between shards (where and how fast, not what)
 _FREE_SETTINGS = {"input", "out_dir", "shard", "workers", "batch_size", "device", "model", "pdf"}

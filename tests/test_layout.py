@@ -1,0 +1,49 @@
+"""The package's folders in layers: a module imports only from its own folder or from layers below
+(the README's developer section lists them), so each folder can be read and changed on its own."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mura_cli
+
+LAYERS = [
+    {"choices", "config", "errors", "files", "resources", "__init__"},  # pure data, configs, errors, file basics
+    {"inputs"},
+    {"model"},
+    {"inference"},
+    {"results"},
+    {"report"},
+    {"scoring", "evaluation"},
+    {"training"},  # validates with evaluation's metrics
+    {"api"},
+    {"cli"},
+    {"__main__"},
+]
+LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
+IMPORT = re.compile(r"^\s*(?:from|import) mura_cli(?:\.(\w+))?", re.M)
+
+
+def test_imports_only_run_downwards():
+    package = Path(mura_cli.__file__).parent
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        home = path.relative_to(package).parts[0].removesuffix(".py")
+        assert home in LEVEL, f"{home} is in no layer: add it to the README's module map and to LAYERS"
+        for match in IMPORT.finditer(path.read_text(encoding="utf-8")):
+            target = match.group(1) or "__init__"
+            if target == home or LEVEL[home] == 0 == LEVEL[target]:
+                continue
+            if LEVEL[target] >= LEVEL[home]:
+                upward.append(f"{path.relative_to(package)} imports mura_cli.{target}")
+    assert not upward, upward
+
+
+def test_no_command_line_library_below_the_cli():
+    package = Path(mura_cli.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.relative_to(package).parts[0] in ("cli", "__main__.py"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(?:import|from) (typer|rich)\b", text, re.M), path
