@@ -9,7 +9,14 @@ from pathlib import Path
 import mura_cli
 
 LAYERS = [
-    {"choices", "config", "errors", "files", "resources", "__init__"},  # pure data, configs, errors, file basics
+    {
+        "choices",
+        "config",
+        "errors",
+        "files",
+        "resources",
+        "__init__",
+    },  # pure data, configs, errors, file basics
     {"inputs"},
     {"model"},
     {"inference"},
