@@ -128,6 +128,7 @@ def score_rate(
     batch: int,
     heatmaps: bool,
     pdf: bool = False,
+    engine: str = "torch",
 ) -> dict:
     """End to end, or with ``pdf`` the image pass alone (thumbnails and overlays included, the PDF
     rendering itself left out: it has its own rows)."""
@@ -143,6 +144,7 @@ def score_rate(
         batch_size=batch,
         heatmaps=heatmaps,
         pdf=pdf,
+        engine=engine,  # these rows compare against torch's raw rate; benchmarks/engines.py has the engines
     )
     started = time.perf_counter()
     result = score_folder(config, overwrite=True)

@@ -119,6 +119,8 @@ def score_images(
     body_parts: Sequence[str] | None = None,
     device: str = "auto",
     precision: str = "auto",
+    engine: str = "auto",
+    engine_cache: Path | None = None,
     heatmaps: bool = True,
     tta: str = "none",
     batch_size: int = 16,
@@ -131,7 +133,15 @@ def score_images(
         raise ValueError(f"precision must be one of {list(choices.PRECISIONS)}")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     runtime = create_runtime(device, precision, loaded.config.precision_checks)
-    predictor = Predictor(loaded, runtime, heatmaps=heatmaps, keep_maps=heatmaps, tta=tta)
+    predictor = Predictor(
+        loaded,
+        runtime,
+        heatmaps=heatmaps,
+        keep_maps=heatmaps,
+        tta=tta,
+        engine=engine,
+        engine_cache=engine_cache,
+    )
     records = _records(images, study_ids, body_parts)
     loader = torch.utils.data.DataLoader(_Pictures(images, records, loaded.config), batch_size=batch_size)
     rows, maps = [None] * len(records), [None] * len(records)

@@ -63,7 +63,14 @@ class ClassWeights(Choice):  # positive-class weights: none, one for all, or per
     PER_PART = "per-part"
 
 
+class Engine(Choice):  # where the backbone runs (mura_cli.inference.engines)
+    AUTO = "auto"
+    TORCH = "torch"
+    OPENVINO = "openvino"
+
+
 PRECISIONS = Precision.values()
+ENGINES = Engine.values()
 AGGREGATIONS = Aggregation.values()
 RESIZE_POLICIES = Resize.values()
 POOLINGS = Pooling.values()

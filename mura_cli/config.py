@@ -208,6 +208,10 @@ def _check_modalities(codes) -> None:
 _DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 _PRECISION_HELP = "Autocast precision; auto: a reduced one only where verified for the model on this device."
 _WORKERS_HELP = "Decode workers (default: chosen for the device)."
+_ENGINE_HELP = (
+    "Where the backbone runs: auto (OpenVINO for fp32 on the CPU when installed, else torch), torch, "
+    "or openvino (exported once per model and checked against torch)."
+)
 _TTA_HELP = "Test-time augmentation: none, or flip (average with the left-right mirror; 2x the model time)."
 
 
@@ -239,6 +243,7 @@ class ScoreConfig:
         "combine with `mura-cli merge`.",
     )
     tta: str = option("none", _TTA_HELP, choice=choices.TTA)
+    engine: str = option("auto", _ENGINE_HELP, choice=choices.Engine)
     allow_modality: tuple[str, ...] = option(
         (), "Also score DICOM files of this modality (repeatable; CR and DX always are), e.g. RF, XA, MG, OT."
     )
@@ -388,6 +393,7 @@ class EvalConfig:
     )
     pdf: bool = option(False, "Also write report.pdf.")
     tta: str = option("none", _TTA_HELP, choice=choices.TTA)
+    engine: str = option("auto", _ENGINE_HELP, choice=choices.Engine)
     pointing_tolerance: float = option(
         0.04,
         "Tolerant pointing game: boxes grown by this share of the image's "

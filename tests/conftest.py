@@ -20,10 +20,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True, scope="session")
 def _decoded_cache_in_tmp(tmp_path_factory):
-    """Training's decoded cache goes to a temporary folder, never the user's ~/.cache (subprocesses too)."""
+    """Training's decoded cache and the engine exports go to temporary folders, never the user's
+    ~/.cache (subprocesses too)."""
     import os
 
     os.environ["MURA_CLI_CACHE"] = str(tmp_path_factory.mktemp("decoded-cache"))
+    os.environ["MURA_CLI_ENGINE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
 
 
 SHARED_DICOM = REPO.parent / "shared" / "dicom"

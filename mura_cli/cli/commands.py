@@ -127,6 +127,7 @@ def score(
     include_phi: bool = opt(ScoreConfig, "include_phi"),
     shard: str | None = opt(ScoreConfig, "shard"),
     tta: choices.TTA = opt(ScoreConfig, "tta"),
+    engine: choices.Engine = opt(ScoreConfig, "engine"),
     allow_modality: list[str] = opt(ScoreConfig, "allow_modality"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
@@ -313,6 +314,7 @@ def evaluate(
     pointing_tolerance: float = opt(EvalConfig, "pointing_tolerance"),
     deletion: bool = opt(EvalConfig, "deletion"),
     tta: choices.TTA = opt(EvalConfig, "tta"),
+    engine: choices.Engine = opt(EvalConfig, "engine"),
     allow_modality: list[str] = opt(EvalConfig, "allow_modality"),
     pdf: bool = opt(EvalConfig, "pdf"),
     bootstrap: int = opt(EvalConfig, "bootstrap"),

@@ -89,8 +89,10 @@ LOCALISATION_COLUMNS = [
 ]
 
 
-def predict_table(records: list, loaded, runtime, config: EvalConfig, boxes: dict, notify) -> pd.DataFrame:
-    predictor = Predictor(loaded, runtime, heatmaps=True, keep_maps=bool(boxes), tta=config.tta)
+def predict_table(
+    records: list, predictor: Predictor, config: EvalConfig, boxes: dict, notify
+) -> pd.DataFrame:
+    runtime = predictor.runtime
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     out, done = [], 0
     for result in predict_records(predictor, records, config.batch_size, workers):
@@ -134,7 +136,7 @@ def add_deletion_test(
             "metrics", message=f"Deletion test: {len(chosen)} positive images with boxes, scored twice more"
         )
     )
-    predictor = Predictor(loaded, runtime, heatmaps=False, tta=config.tta)
+    predictor = Predictor(loaded, runtime, heatmaps=False, tta=config.tta, engine=config.engine)
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     picked = [records[i] for i in chosen]
     filled = faithfulness.deletion_scores(
@@ -300,7 +302,10 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
         )
     )
     records = screen_modalities(records_from_table(rows), config.allow_modality)
-    images = predict_table(records, loaded, runtime, config, boxes, notify)
+    predictor = Predictor(
+        loaded, runtime, heatmaps=True, keep_maps=bool(boxes), tta=config.tta, engine=config.engine
+    )
+    images = predict_table(records, predictor, config, boxes, notify)
     if boxes and config.deletion:
         images = add_deletion_test(images, records, loaded, runtime, config, boxes, notify)
     threshold, method = loaded.config.threshold, loaded.config.aggregation
@@ -320,6 +325,7 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
         "device": str(runtime.device),
         "precision": runtime.precision,
         "precision_reason": runtime.reason,
+        "engine": predictor.engine.to_dict(),
         "temperature": loaded.config.temperature,
         "logit_bias": loaded.config.logit_bias,
         "tta": config.tta,

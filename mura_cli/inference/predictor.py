@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from mura_cli import choices
+from mura_cli.inference import engines
 from mura_cli.inference.batches import create_loader
 from mura_cli.inference.device import Runtime
 from mura_cli.inputs.discover import ImageRecord
@@ -87,6 +89,8 @@ class Predictor:
         heatmaps: bool = True,
         keep_maps: bool = False,
         tta: str = "none",
+        engine: str = "torch",
+        engine_cache: Path | None = None,
     ):
         cfg = loaded.config
         if tta not in choices.TTA_MODES:
@@ -108,6 +112,65 @@ class Predictor:
             channels = self._feature_channels()
             self.classifier = cam.linear_pooled_head(self.model, channels) if channels else None
             self.heatmap_method = "cam" if self.classifier is not None else "gradcam" if channels else "none"
+        self.backbone = engines.TorchBackbone(self.model, runtime)
+        self.engine = self._choose_engine(loaded, engine, engine_cache)
+
+    def _choose_engine(self, loaded: LoadedModel, requested: str, cache: Path | None) -> engines.EngineInfo:
+        name, why = engines.choose_engine(
+            requested, self.runtime.device, self.runtime.precision, loaded.weights_sha256
+        )
+        if name == "openvino" and self.heatmap_method == "gradcam":
+            name, why = (
+                "torch",
+                "torch (Grad-CAM needs gradients through the head, which OpenVINO does not give)",
+            )
+        if name == "torch":
+            return engines.EngineInfo("torch", torch.__version__, why)
+        try:
+            return self._use_openvino(loaded, cache or engines.default_cache_dir(), why)
+        except Exception as exc:  # any export or runtime failure: torch, said in one line
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            self.backbone = engines.TorchBackbone(self.model, self.runtime)
+            return engines.EngineInfo(
+                "torch", torch.__version__, f"torch (the OpenVINO export failed: {reason})"
+            )
+
+    def _use_openvino(self, loaded: LoadedModel, cache: Path, why: str) -> engines.EngineInfo:
+        version = engines.openvino_version()
+        folder = cache / engines.export_key(loaded.weights_sha256, self.config.input_size, version)
+        meta = engines.cached_export(folder)
+        if meta is None:
+            meta = engines.export_openvino(
+                self.model,
+                self.config.input_size,
+                folder,
+                {"weights_sha256": loaded.weights_sha256, "openvino": version},
+                self._probe_agreement,
+            )
+        if not meta["probe_passed"]:
+            return engines.EngineInfo(
+                "torch",
+                torch.__version__,
+                "torch (the OpenVINO export differs from torch "
+                f"on the probe batch by up to {meta['probe_max_difference']:.2g})",
+            )
+        self.backbone = engines.OpenVinoBackbone(folder / "model.xml")
+        return engines.EngineInfo(
+            "openvino", version, why, meta["export_sha256"], meta["probe_max_difference"]
+        )
+
+    def _probe_agreement(self, backbone) -> tuple[float, bool]:
+        """(largest probability difference, same heatmap peak cells) of ``backbone`` against torch on
+        four smooth synthetic images."""
+        generator = torch.Generator().manual_seed(0)
+        blobs = torch.rand((4, 1, 6, 6), generator=generator)
+        images = torch.nn.functional.interpolate(blobs, size=(self.height, self.width), mode="bicubic")
+        x = self.prepare((images.clamp(0, 1) * 255).to(torch.uint8))
+        ref_probs, ref_cams = self._head(engines.TorchBackbone(self.model, self.runtime)(x))
+        probs, cams = self._head(backbone(x))
+        difference = float((ref_probs - probs).abs().max())
+        same = cams is None or bool((ref_cams.flatten(1).argmax(1) == cams.flatten(1).argmax(1)).all())
+        return difference, same
 
     def _feature_channels(self) -> int | None:
         probe = torch.zeros((1, self.channels, self.height, self.width), device=self.runtime.device)
@@ -130,17 +193,20 @@ class Predictor:
             with torch.no_grad(), self.runtime.autocast():
                 feats = self.model.forward_features(x)
             logits, cams = cam.gradcam_from_features(self.model, feats)
-        else:
-            with torch.inference_mode():
-                with self.runtime.autocast():
-                    feats = self.model.forward_features(x)
-                feats = feats.float()  # head and CAM in fp32 whatever the backbone's precision
-                with torch.autocast(device_type=self.runtime.device.type, enabled=False):
-                    logits = self.model.forward_head(feats)
-                cams = (
-                    cam.class_activation_map(feats, self.classifier) if self.heatmap_method == "cam" else None
-                )
-        return torch.sigmoid(logits.float()[:, 0] / self.temperature + self.logit_bias), cams
+            return self._calibrated(logits), cams
+        return self._head(self.backbone(x))
+
+    def _head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Probabilities and CAMs from a feature map, in fp32 whatever the backbone's precision."""
+        with torch.inference_mode():
+            feats = feats.float()
+            with torch.autocast(device_type=self.runtime.device.type, enabled=False):
+                logits = self.model.forward_head(feats)
+            cams = cam.class_activation_map(feats, self.classifier) if self.heatmap_method == "cam" else None
+        return self._calibrated(logits), cams
+
+    def _calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits.float()[:, 0] / self.temperature + self.logit_bias)
 
     def __call__(self, batch: dict) -> BatchResult:
         errors = list(batch["error"])

@@ -161,11 +161,10 @@ def _cell(value):
     return f"{value:.6f}" if isinstance(value, float) else value
 
 
-def _run_model(config, records, loaded, runtime, workers, out_dir, done, notify):
+def _run_model(config, records, predictor, runtime, workers, out_dir, done, notify):
     """The one pass over the images not yet done: rows for images.csv and, with --pdf, thumbnails."""
     finished = set(done["path"])
     todo = [r for r in records if r.rel_path not in finished]
-    predictor = Predictor(loaded, runtime, heatmaps=config.heatmaps, keep_maps=config.pdf, tta=config.tta)
     thumbnailer = Thumbnailer(
         ThumbStore(out_dir) if config.pdf else None, thumbnail_threads(runtime.device.type)
     )
@@ -196,7 +195,7 @@ def _run_model(config, records, loaded, runtime, workers, out_dir, done, notify)
     order = {r.rel_path: n for n, r in enumerate(records)}
     table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
     table = table[table["path"].isin(order)].sort_values("path", key=lambda p: p.map(order), kind="stable")
-    return table.reset_index(drop=True), predictor.heatmap_method
+    return table.reset_index(drop=True)
 
 
 def _studies(images: pd.DataFrame, records: tuple[ImageRecord, ...], method: str, threshold: float):
@@ -215,7 +214,7 @@ def _run_record(
     loaded,
     runtime,
     workers,
-    heatmap_method,
+    predictor,
     discovery,
     images,
     studies,
@@ -249,7 +248,8 @@ def _run_record(
             "reason": runtime.reason,
             "workers": workers,
             "batch_size": config.batch_size,
-            "heatmap_method": heatmap_method,
+            "heatmap_method": predictor.heatmap_method,
+            "engine": predictor.engine.to_dict(),
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         },
         "aggregation": method,
@@ -364,20 +364,22 @@ def _score_into(
         {**_start_record(config, loaded, started), "input_root": str(discovery.root)}, out_dir / "run.json"
     )
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
+    predictor = Predictor(
+        loaded, runtime, heatmaps=config.heatmaps, keep_maps=config.pdf, tta=config.tta, engine=config.engine
+    )
     notify(
         ProgressEvent(
             "start",
             len(done),
             len(discovery.images),
-            f"Scoring {len(discovery.images)} images with {loaded.config.name} on {runtime.reason}"
+            f"Scoring {len(discovery.images)} images with {loaded.config.name} on {runtime.reason}; "
+            f"engine: {predictor.engine.reason}"
             + (f" ({len(done)} already done, resuming)" if len(done) else "")
             + (f"; {changed} changed since they were scored, scored again" if changed else ""),
         )
     )
     t_model = time.perf_counter()
-    images, heatmap_method = _run_model(
-        config, discovery.images, loaded, runtime, workers, out_dir, done, notify
-    )
+    images = _run_model(config, discovery.images, predictor, runtime, workers, out_dir, done, notify)
     seconds_model = time.perf_counter() - t_model
     threshold = config.threshold if config.threshold is not None else loaded.config.threshold
     method = config.aggregate or loaded.config.aggregation
@@ -392,7 +394,7 @@ def _score_into(
         loaded,
         runtime,
         workers,
-        heatmap_method,
+        predictor,
         discovery,
         images,
         studies,

@@ -1,0 +1,104 @@
+"""Engines: OpenVINO gives torch's probabilities and peaks, its export is cached whole and rebuilt
+when broken, and any failure falls back to torch with one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import mura_cli
+from mura_cli.inference import engines
+from mura_cli.inference.device import create_runtime
+from mura_cli.inference.predictor import Predictor
+
+from conftest import radiograph
+
+pytestmark = pytest.mark.skipif(engines.openvino_version() is None, reason="OpenVINO is not installed")
+
+
+def _scores(model, engine, cache):
+    images = [radiograph(k, height=80 + 9 * k, width=64 + 5 * k) for k in range(8)]
+    return mura_cli.score_images(
+        images, model, engine=engine, device="cpu", precision="fp32", batch_size=3, engine_cache=cache
+    ).images
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "resnet_model"])
+def test_openvino_gives_torchs_probabilities_and_peaks(fixture, request, tmp_path):
+    model = mura_cli.load_model(request.getfixturevalue(fixture))
+    torch_rows, ov_rows = _scores(model, "torch", tmp_path), _scores(model, "openvino", tmp_path)
+    np.testing.assert_allclose(ov_rows["probability"], torch_rows["probability"], atol=1e-4)
+    assert ov_rows["heatmap_peak_x"].tolist() == torch_rows["heatmap_peak_x"].tolist()
+    assert ov_rows["heatmap_peak_y"].tolist() == torch_rows["heatmap_peak_y"].tolist()
+    predictor = Predictor(model, create_runtime("cpu", "fp32"), engine="openvino", engine_cache=tmp_path)
+    info = predictor.engine
+    assert (
+        info.name == "openvino"
+        and info.export_sha256
+        and info.probe_max_difference <= engines.PROBE_TOLERANCE
+    )
+
+
+def test_the_export_is_cached_and_a_broken_entry_is_rebuilt(tiny_model, tmp_path, monkeypatch):
+    model = mura_cli.load_model(tiny_model)
+    runtime = create_runtime("cpu", "fp32")
+    first = Predictor(model, runtime, engine="openvino", engine_cache=tmp_path).engine
+    [entry] = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert {p.name for p in entry.iterdir()} == {"model.xml", "model.bin", "meta.json"}
+    calls = []
+    real = engines.export_openvino
+    monkeypatch.setattr(engines, "export_openvino", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = Predictor(model, runtime, engine="openvino", engine_cache=tmp_path).engine
+    assert calls == [] and again.export_sha256 == first.export_sha256  # read from the cache
+    (entry / "model.bin").write_bytes(b"damaged")
+    rebuilt = Predictor(model, runtime, engine="openvino", engine_cache=tmp_path).engine
+    assert calls == [1] and rebuilt.name == "openvino"  # exported again (an export is not byte-identical)
+    assert engines.cached_export(entry)["export_sha256"] == rebuilt.export_sha256
+    assert json.loads((entry / "meta.json").read_text())["probe_passed"] is True
+
+
+def test_a_failed_export_falls_back_to_torch_with_a_reason_and_still_scores(
+    tiny_model, tmp_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("conversion\nexploded")
+
+    monkeypatch.setattr(engines, "export_openvino", broken)
+    from mura_cli.config import ScoreConfig
+
+    (tmp_path / "in").mkdir()
+    from conftest import save_png8
+
+    for k in range(3):
+        save_png8(radiograph(k), tmp_path / "in" / f"img{k}.png")
+    result = mura_cli.score_folder(
+        ScoreConfig(
+            input=str(tmp_path / "in"),
+            out_dir=str(tmp_path / "out"),
+            model=str(tiny_model),
+            workers=0,
+            engine="openvino",
+        )
+    )
+    engine = result.run["runtime"]["engine"]
+    assert engine["name"] == "torch" and engine["reason"].startswith(
+        "torch (the OpenVINO export failed: RuntimeError"
+    )
+    assert "\n" not in engine["reason"] and result.images["probability"].notna().all()
+
+
+def test_auto_takes_openvino_only_for_fp32_on_the_cpu():
+    import torch
+
+    cpu = torch.device("cpu")
+    assert engines.choose_engine("auto", cpu, "fp32", "abc")[0] == "openvino"
+    assert engines.choose_engine("auto", cpu, "bf16", "abc") == (
+        "torch",
+        "torch (OpenVINO is used for fp32 only, not bf16)",
+    )
+    assert engines.choose_engine("auto", torch.device("cuda"), "fp32", "abc")[0] == "torch"
+    assert engines.choose_engine("auto", cpu, "fp32", "")[0] == "torch"  # a module the caller built
+    with pytest.raises(ValueError, match="--engine openvino: OpenVINO runs here on the CPU only"):
+        engines.choose_engine("openvino", torch.device("cuda"), "fp32", "abc")
