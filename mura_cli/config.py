@@ -236,6 +236,10 @@ class ScoreConfig:
     threshold: float | None = option(None, "Decision threshold (default: the model's).", min=0.0, max=1.0)
     heatmaps: bool = option(True, "Heatmaps (peak in images.csv, overlays in the PDF).")
     pdf: bool = option(False, "Also write report.pdf with thumbnails and heatmaps.")
+    html: bool = option(
+        False,
+        "Also write report.html: an offline page to sort, filter and review the studies, with heatmaps.",
+    )
     include_phi: bool = option(False, "Put DICOM PatientID in the patient_id column (off by default).")
     shard: str | None = option(
         None,

@@ -113,6 +113,7 @@ def score(
     out: Path = opt(ScoreConfig, "out_dir"),
     model: str | None = opt(ScoreConfig, "model"),
     pdf: bool = opt(ScoreConfig, "pdf"),
+    html: bool = opt(ScoreConfig, "html"),
     device: str = opt(ScoreConfig, "device"),
     precision: choices.Precision = opt(ScoreConfig, "precision"),
     batch_size: int = opt(ScoreConfig, "batch_size"),

@@ -81,10 +81,8 @@ def choose_engine(
         if requested == "openvino":
             raise ValueError(f"--engine openvino: {unsupported}")
         return "torch", f"torch ({unsupported})"
-    return (
-        "openvino",
-        f"OpenVINO {openvino_version()} ({'asked for' if requested == 'openvino' else 'auto: CPU'})",
-    )
+    why = "asked for" if requested == "openvino" else "auto: fp32 on the CPU"
+    return "openvino", f"OpenVINO {openvino_version().split('-')[0]} ({why})"
 
 
 class TorchBackbone:

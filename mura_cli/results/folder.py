@@ -13,7 +13,7 @@ import pandas as pd
 from mura_cli.errors import InputError
 from mura_cli.inference.predictor import IMAGE_COLUMNS
 
-RESULT_FILES = ("images.csv", "studies.csv", "run.json", "report.pdf")
+RESULT_FILES = ("images.csv", "studies.csv", "run.json", "report.pdf", "report.html")
 
 
 def read_images_csv(path: Path) -> pd.DataFrame:

@@ -166,7 +166,7 @@ def _run_model(config, records, predictor, runtime, workers, out_dir, done, noti
     finished = set(done["path"])
     todo = [r for r in records if r.rel_path not in finished]
     thumbnailer = Thumbnailer(
-        ThumbStore(out_dir) if config.pdf else None, thumbnail_threads(runtime.device.type)
+        ThumbStore(out_dir) if _keeps_thumbnails(config) else None, thumbnail_threads(runtime.device.type)
     )
     rows = done.to_dict("records")
     writer = _RowWriter(out_dir / "images.csv", done)
@@ -357,7 +357,7 @@ def _score_into(
         ),
         discovery.images,
     )
-    if config.pdf and len(done):  # rows scored without --pdf have no thumbnails: score them again for the PDF
+    if _keeps_thumbnails(config) and len(done):  # rows scored without --pdf/--html have no thumbnails: again
         store = ThumbStore(out_dir)
         done = done[[store.has(path) for path in done["path"]]].reset_index(drop=True)
     write_json(
@@ -365,7 +365,12 @@ def _score_into(
     )
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     predictor = Predictor(
-        loaded, runtime, heatmaps=config.heatmaps, keep_maps=config.pdf, tta=config.tta, engine=config.engine
+        loaded,
+        runtime,
+        heatmaps=config.heatmaps,
+        keep_maps=_keeps_thumbnails(config),
+        tta=config.tta,
+        engine=config.engine,
     )
     notify(
         ProgressEvent(
@@ -416,23 +421,36 @@ def _score_into(
     return ScoreResult(out_dir, images, studies, run, files, code, report_error, failures)
 
 
+def _keeps_thumbnails(config) -> bool:
+    return config.pdf or config.html
+
+
 def _report(
     config, run, images, studies, out_dir: Path, files: dict, notify, keep_thumbnails: bool = False
 ) -> str:
-    """Render report.pdf from the thumbnails kept on disk; returns the error, if any (CSVs stay)."""
-    if not config.pdf or not run["counts"]["scored"]:
+    """Write report.html and report.pdf from the thumbnails kept on disk; returns the errors, if any
+    (the CSVs stay whatever happens here)."""
+    if not _keeps_thumbnails(config) or not run["counts"]["scored"]:
         return ""
-    notify(ProgressEvent("report", 0, len(studies), f"Writing the PDF report ({len(studies)} studies)"))
-    t_report = time.perf_counter()
-    store = ThumbStore(out_dir)
-    try:
-        from mura_cli.report.pdf import render_score_report
+    store, errors = ThumbStore(out_dir), []
+    if config.html:
+        from mura_cli.report.html import write_review_page
 
-        files["report.pdf"] = render_score_report(run, images, studies, store, out_dir / "report.pdf")
-    except ReportError as exc:
-        return str(exc)
-    finally:
-        run["seconds"]["report"] = round(time.perf_counter() - t_report, 3)
-    if not keep_thumbnails:  # a shard keeps them for `mura-cli merge --pdf`
+        try:
+            files["report.html"] = write_review_page(run, images, studies, store, out_dir)
+        except ReportError as exc:
+            errors.append(str(exc))
+    if config.pdf:
+        notify(ProgressEvent("report", 0, len(studies), f"Writing the PDF report ({len(studies)} studies)"))
+        t_report = time.perf_counter()
+        try:
+            from mura_cli.report.pdf import render_score_report
+
+            files["report.pdf"] = render_score_report(run, images, studies, store, out_dir / "report.pdf")
+        except ReportError as exc:
+            errors.append(str(exc))
+        finally:
+            run["seconds"]["report"] = round(time.perf_counter() - t_report, 3)
+    if not keep_thumbnails and not errors:  # a shard keeps them for `mura-cli merge --pdf`
         store.clear()
-    return ""
+    return "; ".join(errors)

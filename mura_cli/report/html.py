@@ -1,0 +1,106 @@
+"""report.html: an offline page to look through a run as a reader would (sort, filter, open an image
+large with its heatmap, mark agree/disagree) and export the marks as a labels manifest.
+
+The page is one file with its CSS and JavaScript inline and a Content-Security-Policy that allows no
+network request; the thumbnails are JPEG files beside it in ``report_files/`` (a page that embeds
+10,000 images would not open quickly). It holds what images.csv and studies.csv hold, nothing more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from mura_cli import __version__
+from mura_cli.choices import RESEARCH_NOTICE
+from mura_cli.errors import ReportError
+from mura_cli.files import atomic_write_bytes
+
+FILES_FOLDER = "report_files"
+
+
+def _number(value):
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _label(value):
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def page_data(run: dict, images: pd.DataFrame, studies: pd.DataFrame, thumbs: dict) -> dict:
+    """What the page shows, as plain JSON: the run summary and one entry per study with its images.
+    ``thumbs`` maps an image path to (thumbnail file, overlay file or None), relative to the page."""
+    root = Path(run.get("input_root") or ".")
+    by_study: dict[str, list] = {}
+    for row in images.to_dict("records"):
+        thumb, heat = thumbs.get(row["path"], (None, None))
+        by_study.setdefault(row["study_id"], []).append(
+            {
+                "path": row["path"],
+                "file": str(root / row["path"]),
+                "probability": _number(row["probability"]),
+                "error": row["error"] or "",
+                "thumb": thumb,
+                "heat": heat,
+            }
+        )
+    entries = [
+        {
+            "id": row["study_id"],
+            "body_part": row.get("body_part") or "",
+            "probability": _number(row["probability"]),
+            "prediction": _label(row.get("prediction")),
+            "label": _label(row.get("label")),
+            "images": by_study.get(row["study_id"], []),
+        }
+        for row in studies.to_dict("records")
+    ]
+    model = run["model"]
+    run_id = hashlib.sha256(f"{run['started']}|{model['weights_sha256']}|{run.get('input_root')}".encode())
+    return {
+        "run_id": run_id.hexdigest()[:16],
+        "started": run["started"],
+        "tool": f"mura-cli {__version__}",
+        "model": model["name"],
+        "positive": model["config"].get("positive_class", "abnormal"),
+        "negative": model["config"].get("negative_class", "normal"),
+        "threshold": run["threshold"],
+        "counts": run["counts"],
+        "notice": RESEARCH_NOTICE,
+        "studies": entries,
+    }
+
+
+def _write_thumbnails(images: pd.DataFrame, store, out_dir: Path) -> dict:
+    folder = out_dir / FILES_FOLDER
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    thumbs = {}
+    for number, path in enumerate(images["path"]):
+        found = store.get(path)
+        if found is None:
+            continue
+        atomic_write_bytes(folder / f"{number:06d}.jpg", found.image)
+        heat = None
+        if found.overlay is not None:
+            atomic_write_bytes(folder / f"{number:06d}-heat.jpg", found.overlay)
+            heat = f"{FILES_FOLDER}/{number:06d}-heat.jpg"
+        thumbs[path] = (f"{FILES_FOLDER}/{number:06d}.jpg", heat)
+    return thumbs
+
+
+def write_review_page(run: dict, images: pd.DataFrame, studies: pd.DataFrame, store, out_dir: Path) -> Path:
+    from mura_cli.report.render import render_html
+
+    try:
+        data = page_data(run, images, studies, _write_thumbnails(images, store, out_dir))
+        # the data sits in a <script type="application/json">: no '</' may end it early
+        text = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+        html = render_html("review.html.j2", data_json=text, title=f"{data['model']}: {len(studies)} studies")
+    except (OSError, KeyError, ValueError) as exc:
+        raise ReportError(f"report.html could not be written ({type(exc).__name__}: {exc})") from None
+    return atomic_write_bytes(out_dir / "report.html", html.encode("utf-8"))

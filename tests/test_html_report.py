@@ -1,0 +1,149 @@
+"""score --html in a real browser (Debian's chromium through Playwright): the page opens from file://
+with no request leaving it, sorts, filters, shows an image large with its heatmap, moves with the
+keyboard, keeps review marks across a reload, and its reviews.csv judges the model in `evaluate`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mura_cli.cli import app
+
+from conftest import radiograph, save_png8
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium executable (Debian package 'chromium')")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("html")
+    for k in range(14):
+        part = ("XR_WRIST", "XR_HAND")[k % 2]
+        folder = root / "in" / part / f"patient{k:05d}" / "study1_negative"
+        for i in range(1 + k % 3):
+            save_png8(radiograph(10 * k + i), folder / f"image{i + 1}.png")
+    (root / "in" / "XR_HAND" / "patient00001" / "study1_negative" / "broken.png").write_text("not an image")
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            str(root / "in"),
+            "--out",
+            str(root / "out"),
+            "--model",
+            str(tiny_model),
+            "--html",
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 3, result.output  # the broken file
+    return root
+
+
+@pytest.fixture()
+def page(scored):
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(accept_downloads=True)
+        page = context.new_page()
+        page.requests = []
+        page.on("request", lambda request: page.requests.append(request.url))
+        page.goto((scored / "out" / "report.html").as_uri())
+        yield page
+        browser.close()
+
+
+def _probabilities(page) -> list[float]:
+    return [float(t) for t in page.locator("tbody tr td:nth-child(5)").all_inner_texts() if t != "-"]
+
+
+def test_the_page_lists_sorts_and_filters_the_studies_offline(scored, page):
+    studies = pd.read_csv(scored / "out" / "studies.csv")
+    assert page.locator("tbody tr").count() == len(studies) == 14
+    assert _probabilities(page) == sorted(_probabilities(page), reverse=True)  # most suspicious first
+    assert "1 failed" in page.locator("#summary").inner_text()
+    assert page.locator(".thumbs .failed").count() == 1  # the broken file, with its reason
+    page.click("th[data-key=probability]")
+    assert _probabilities(page) == sorted(_probabilities(page))
+    page.fill("#search", "patient00003")
+    assert page.locator("tbody tr").count() == 1
+    page.fill("#search", "")
+    page.select_option("#part", "HAND")
+    assert page.locator("tbody tr").count() == 7
+    page.select_option("#part", "")
+    middle = float(studies["probability"].median())
+    page.locator("#pmin").fill(f"{middle:.2f}")
+    shown = _probabilities(page)
+    assert shown and min(shown) >= round(middle, 2) - 1e-9 and len(shown) < 14
+    assert page.requests and all(url.startswith("file://") for url in page.requests), page.requests
+    csp = page.locator("meta[http-equiv=Content-Security-Policy]").get_attribute("content")
+    assert "default-src 'none'" in csp and "connect-src 'none'" in csp
+
+
+def test_an_image_opens_large_with_its_heatmap_and_the_keyboard_moves_between_studies(page):
+    first = page.locator("tbody tr").nth(0)
+    first_id = first.get_attribute("data-study")
+    first.locator(".thumbs img").first.click()
+    assert page.locator("#viewer").is_visible()
+    assert page.locator("#vtitle").inner_text().startswith(first_id)
+    assert page.locator("#vheat").get_attribute("src").endswith("-heat.jpg")
+    page.locator("#opacity").fill("0.2")
+    assert page.locator("#vheat").evaluate("e => e.style.opacity") == "0.2"
+    page.keyboard.press("j")
+    second_id = page.locator("tbody tr").nth(1).get_attribute("data-study")
+    assert page.locator("#vtitle").inner_text().startswith(second_id)
+    page.keyboard.press("k")
+    assert page.locator("#vtitle").inner_text().startswith(first_id)
+    page.keyboard.press("Escape")
+    assert not page.locator("#viewer").is_visible()
+
+
+def test_review_marks_survive_a_reload_and_their_csv_is_a_labels_manifest_for_evaluate(
+    scored, page, tiny_model, tmp_path
+):
+    rows = page.locator("tbody tr")
+    first, second = rows.nth(0), rows.nth(1)
+    decisions = [r.locator("td:nth-child(6)").inner_text() for r in (first, second)]
+    first.locator("button[data-verdict=agree]").click()
+    # the second study gets the other label than the first, so that both classes are present
+    second.locator(f"button[data-verdict={'agree' if decisions[0] != decisions[1] else 'disagree'}]").click()
+    rows.nth(2).locator("button[data-verdict=unsure]").click()  # unsure: not exported
+    page.reload()
+    pressed = page.locator("tbody tr").nth(0).locator("button[data-verdict=agree]")
+    assert pressed.get_attribute("aria-pressed") == "true"
+    assert "3 reviewed" in page.locator("#shown").inner_text()
+    with page.expect_download() as download:
+        page.click("#download")
+    target = tmp_path / "reviews.csv"
+    download.value.save_as(target)
+    reviews = pd.read_csv(target)
+    assert set(reviews["verdict"]) <= {"agree", "disagree"} and reviews["study_id"].nunique() == 2
+    assert set(reviews["label"]) == {0, 1}
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(target),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "ev"),
+            "--workers",
+            "0",
+            "--bootstrap",
+            "100",
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["study"]["overall"]["n"] == 2
