@@ -66,6 +66,7 @@ def test_a_failed_export_falls_back_to_torch_with_a_reason_and_still_scores(
         raise RuntimeError("conversion\nexploded")
 
     monkeypatch.setattr(engines, "export_openvino", broken)
+    monkeypatch.setenv(engines.ENGINE_CACHE_ENV, str(tmp_path / "fresh-cache"))  # no export of earlier tests
     from mura_cli.config import ScoreConfig
 
     (tmp_path / "in").mkdir()
