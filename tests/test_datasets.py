@@ -124,3 +124,16 @@ def test_a_study_with_two_labels_is_refused(tmp_path):
     (tmp_path / "m.csv").write_text("path,label,study_id\na.png,1,S1\nb.png,0,S1\n")
     with pytest.raises(InputError, match="study S1 has images labelled both 0 and 1"):
         read_dataset(tmp_path / "m.csv")
+
+
+def test_evaluate_takes_every_image_of_fracatlas_unless_a_split_is_named():
+    from mura_cli.evaluation.evaluate import default_split
+
+    shared = REPO.parent / "shared" / "fracatlas"
+    if not shared.is_dir():
+        pytest.skip("../shared/fracatlas not present")
+    table = read_fracatlas(shared)
+    assert default_split(table) == "all"  # its test part is mura-cli's seeded one, not FracAtlas's
+    manifest_like = table.copy()
+    manifest_like.attrs = {}
+    assert default_split(manifest_like) == "test"  # a declared split is still honoured

@@ -344,8 +344,12 @@ def evaluate(
 
 
 def _eval_summary(result) -> None:
+    run = result.metrics["run"]
+    images = len(result.images)
     table = Table(
-        title=f"study level, split '{result.metrics['run']['split']}' (95% CI)", title_justify="left"
+        title=f"study level, split '{run['split']}': {images} image{'s' * (images != 1)}, "
+        f"{len(result.studies)} stud{'ies' if len(result.studies) != 1 else 'y'} (95% CI)",
+        title_justify="left",
     )
     for column in ("group", "n (pos.)", "AUROC", "kappa", "sensitivity", "specificity"):
         table.add_column(column)

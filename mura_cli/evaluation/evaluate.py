@@ -48,6 +48,10 @@ class EvalResult:
 
 
 def default_split(table: pd.DataFrame) -> str:
+    """'valid' or else 'test' where the data declares them (MURA's CSVs, a manifest's split column);
+    every image where the parts are only mura-cli's own seeded ones (FracAtlas): say --split test."""
+    if table.attrs.get("seeded_split"):
+        return "all"
     present = set(table["split"])
     return "valid" if "valid" in present else "test" if "test" in present else "all"
 

@@ -50,4 +50,6 @@ def read_fracatlas(path: Path) -> pd.DataFrame:
     present["study_id"] = present["image_id"]
     present["patient_id"] = present["image_id"]
     present["split"] = test_split(present["body_part"] + "_" + present["label"].astype(str))
-    return finish_table(present, str(path))
+    table = finish_table(present, str(path))
+    table.attrs["seeded_split"] = True  # mura-cli's own held-out part, not an official split
+    return table
