@@ -25,7 +25,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import _same_allocator_as_mura_cli, build_corpus, environment, render  # noqa: E402
+from run import _same_allocator_as_mura_cli, build_corpus, environment, publish  # noqa: E402
 
 
 def fracatlas_corpus(work: Path, images: int) -> Path | None:
@@ -164,10 +164,7 @@ def main() -> None:
         ]
         env = environment("cpu")
         env["openvino"] = engines["openvino"]["version"].split("-")[0]
-        text = render(rows, env, "python benchmarks/engines.py " + " ".join(sys.argv[1:]))
-        print(text)
-        with args.results.open("a", encoding="utf-8") as handle:
-            handle.write("\n" + text)
+        publish(rows, env, "benchmarks/engines.py", args.results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

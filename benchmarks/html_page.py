@@ -24,7 +24,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import environment, render  # noqa: E402
+from run import environment, publish  # noqa: E402
 
 
 class _Store:
@@ -117,10 +117,7 @@ def main() -> None:
                 "thumbnails are files beside it",
             ),
         ]
-        text = render(rows, environment("cpu"), "python benchmarks/html_page.py " + " ".join(sys.argv[1:]))
-        print(text)
-        with args.results.open("a", encoding="utf-8") as handle:
-            handle.write("\n" + text)
+        publish(rows, environment("cpu"), "benchmarks/html_page.py", args.results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -368,11 +368,15 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
-    rows = run_all(args)
-    text = render(rows, environment(args.device), " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]))
+    publish(run_all(args), environment(args.device), "benchmarks/run.py", args.results)
+
+
+def publish(rows, env: dict, script: str, results: Path) -> None:
+    """Print the table and append it, with date, machine and the exact command, to ``results``."""
+    text = render(rows, env, " ".join(["python", script, *sys.argv[1:]]))
     print(text)
-    with open(args.results, "a", encoding="utf-8") as handle:
-        handle.write(text + "\n")
+    with open(results, "a", encoding="utf-8") as handle:
+        handle.write("\n" + text)
 
 
 def run_all(args) -> list[tuple[str, str, str]]:
