@@ -1,4 +1,6 @@
-"""Score pictures held in memory, for notebooks and pipelines: no files are written.
+"""Score pictures held in memory, for notebooks and pipelines: no results are written (on the CPU the
+OpenVINO engine keeps its one-off export of the model in its cache folder; ``engine="torch"`` avoids
+even that). A module given through ``wrap_module`` is moved to the device and put in eval mode.
 
     import mura_cli
     model = mura_cli.load_model()                          # the default model (or a folder, a name)
@@ -96,6 +98,9 @@ class _Pictures(ImageDataset):
 
 def _records(images: Sequence, study_ids: Sequence[str] | None, body_parts: Sequence[str] | None) -> list:
     names = [str(item) if isinstance(item, (str, Path)) else f"image{k}" for k, item in enumerate(images)]
+    # lists, arrays or Series alike, read by position
+    study_ids = None if study_ids is None else [str(v) for v in list(study_ids)]
+    body_parts = None if body_parts is None else [str(v).upper() for v in list(body_parts)]
     for given, what in ((study_ids, "study_ids"), (body_parts, "body_parts")):
         if given is not None and len(given) != len(images):
             raise ValueError(f"{what}: {len(given)} values for {len(images)} images")
@@ -104,8 +109,8 @@ def _records(images: Sequence, study_ids: Sequence[str] | None, body_parts: Sequ
             path=Path(name),
             rel_path=name,
             kind="",
-            study_id=str(study_ids[k]) if study_ids else name,
-            body_part=str(body_parts[k]).upper() if body_parts else "",
+            study_id=study_ids[k] if study_ids is not None else name,
+            body_part=body_parts[k] if body_parts is not None else "",
         )
         for k, name in enumerate(names)
     ]

@@ -270,7 +270,7 @@ class TrainConfig:
     arch: str = option(
         "efficientnet_lite0", "timm architecture (densenet169, efficientnet_b0, resnet50, ...)."
     )
-    img_size: int = option(320, "Input side in pixels.", min=32, max=2048)
+    img_size: int = option(320, "Input side in pixels.", min=32, max=1024)  # ModelConfig's own range
     in_chans: int = option(
         1,
         "1: grayscale input (the pretrained first convolution summed over RGB); 3: RGB copies.",

@@ -49,6 +49,8 @@ def test_unusable_arrays_become_reason_rows(tiny_model):
     assert len(result.studies) == 5  # one study per image when no study_ids are given
     uint16 = mura_cli.score_images([np.rint(good * 65535).astype(np.uint16)], tiny_model).images
     assert uint16["probability"].iloc[0] == pytest.approx(result.images["probability"].iloc[0], abs=1e-3)
+    grouped = mura_cli.score_images([good, good], tiny_model, study_ids=np.array(["a", "a"]), heatmaps=False)
+    assert grouped.studies["study_id"].tolist() == ["a"]  # an array (or Series) is read by position
     with pytest.raises(ValueError, match="study_ids: 1 values for 2 images"):
         mura_cli.score_images([good, good], tiny_model, study_ids=["a"])
 

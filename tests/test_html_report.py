@@ -27,6 +27,8 @@ def scored(tmp_path_factory, tiny_model):
     for k in range(14):
         part = ("XR_WRIST", "XR_HAND")[k % 2]
         folder = root / "in" / part / f"patient{k:05d}" / "study1_negative"
+        if k == 13:  # a name that would end the page's data block early if it reached the HTML parser
+            folder = root / "in" / part / f"patient{k:05d}" / "a<!--<script>b</script>&"
         for i in range(1 + k % 3):
             save_png8(radiograph(10 * k + i), folder / f"image{i + 1}.png")
     (root / "in" / "XR_HAND" / "patient00001" / "study1_negative" / "broken.png").write_text("not an image")

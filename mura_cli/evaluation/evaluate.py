@@ -27,7 +27,7 @@ from mura_cli.model.factory import load_model, resolve_model_dir
 from mura_cli.results.folder import check_out_dir
 from mura_cli.results.writers import write_csv, write_json
 
-RESULT_FILES = ("metrics.json", "studies.csv", "images.csv", "per_body_part.csv")
+RESULT_FILES = ("metrics.json", "studies.csv", "images.csv", "per_body_part.csv", "report.pdf")
 
 
 @dataclass(frozen=True)

@@ -124,8 +124,26 @@ class _Features(torch.nn.Module):
         return self.model.forward_features(x)
 
 
-def export_key(weights_sha256: str, input_size, version: str) -> str:
-    text = json.dumps([EXPORT_FORMAT, weights_sha256, list(input_size), "openvino", version, "fp32"])
+def export_key(weights_sha256: str, config, version: str, checks_peaks: bool) -> str:
+    """What an export depends on: the weights and everything else that shapes the graph (architecture,
+    input size, output stride, timm's version), the engine's version, and whether its probe check
+    compared heatmap peaks (an entry checked without them is not reused for a run with heatmaps)."""
+    import timm
+
+    text = json.dumps(
+        [
+            EXPORT_FORMAT,
+            weights_sha256,
+            config.architecture,
+            list(config.input_size),
+            config.output_stride,
+            timm.__version__,
+            "openvino",
+            version,
+            "fp32",
+            checks_peaks,
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -172,11 +190,15 @@ def export_openvino(model: torch.nn.Module, input_size, target: Path, meta: dict
             "probe_passed": difference <= PROBE_TOLERANCE and same_peaks,
         }
         (temp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        if target.exists():  # a broken entry (cached_export said so): replaced
-            shutil.rmtree(target, ignore_errors=True)
+        if target.exists():
+            whole = cached_export(target)
+            if whole is not None:  # another run put a whole entry there meanwhile: use that one
+                shutil.rmtree(temp, ignore_errors=True)
+                return whole
+            shutil.rmtree(target, ignore_errors=True)  # a broken entry: replaced
         try:
             os.rename(temp, target)
-        except OSError:  # another run put a whole entry there first: use that one
+        except OSError:  # another run renamed its entry into place first
             shutil.rmtree(temp, ignore_errors=True)
             return cached_export(target) or meta
         return meta

@@ -19,6 +19,7 @@ from mura_cli import __version__
 from mura_cli.choices import RESEARCH_NOTICE
 from mura_cli.errors import ReportError
 from mura_cli.files import atomic_write_bytes
+from mura_cli.inputs.names import printable_name
 
 FILES_FOLDER = "report_files"
 
@@ -41,7 +42,7 @@ def page_data(run: dict, images: pd.DataFrame, studies: pd.DataFrame, thumbs: di
         by_study.setdefault(row["study_id"], []).append(
             {
                 "path": row["path"],
-                "file": str(root / row["path"]),
+                "file": f"{printable_name(str(root))}/{row['path']}",
                 "probability": _number(row["probability"]),
                 "error": row["error"] or "",
                 "thumb": thumb,
@@ -98,9 +99,12 @@ def write_review_page(run: dict, images: pd.DataFrame, studies: pd.DataFrame, st
 
     try:
         data = page_data(run, images, studies, _write_thumbnails(images, store, out_dir))
-        # the data sits in a <script type="application/json">: no '</' may end it early
-        text = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+        # the data sits in a <script type="application/json">: no '<' (a '</script>' or '<!--' in a file
+        # name) may reach the HTML parser, so <, > and & travel as JSON escapes
+        text = json.dumps(data, ensure_ascii=False)
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
         html = render_html("review.html.j2", data_json=text, title=f"{data['model']}: {len(studies)} studies")
+        encoded = html.encode("utf-8", "backslashreplace")
     except (OSError, KeyError, ValueError) as exc:
         raise ReportError(f"report.html could not be written ({type(exc).__name__}: {exc})") from None
-    return atomic_write_bytes(out_dir / "report.html", html.encode("utf-8"))
+    return atomic_write_bytes(out_dir / "report.html", encoded)
