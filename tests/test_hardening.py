@@ -714,6 +714,14 @@ def test_an_input_folder_name_that_is_not_utf8_reaches_run_json(tmp_path, tiny_m
     assert json.loads((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))["input_root"].endswith(
         "scans\\xff"
     )
+    config = ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0)
+    assert score_folder(config, resume=True).run["resumed_images"] == 1  # the written root is recognised
+    page = score_folder(
+        ScoreConfig(
+            input=str(folder), out_dir=str(tmp_path / "html"), model=str(tiny_model), workers=0, html=True
+        )
+    )
+    assert page.exit_code == 0 and "scans\\\\xff/a.png" in (tmp_path / "html" / "report.html").read_text()
 
 
 def test_every_pydicom_test_file_is_accounted_for_without_a_traceback_warning_or_hang(

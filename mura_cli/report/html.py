@@ -61,7 +61,11 @@ def page_data(run: dict, images: pd.DataFrame, studies: pd.DataFrame, thumbs: di
         for row in studies.to_dict("records")
     ]
     model = run["model"]
-    run_id = hashlib.sha256(f"{run['started']}|{model['weights_sha256']}|{run.get('input_root')}".encode())
+    run_id = hashlib.sha256(
+        f"{run['started']}|{model['weights_sha256']}|{run.get('input_root')}".encode(
+            "utf-8", "surrogateescape"
+        )
+    )
     return {
         "run_id": run_id.hexdigest()[:16],
         "started": run["started"],

@@ -29,6 +29,7 @@ from mura_cli.inference.batches import default_workers
 from mura_cli.inference.device import create_runtime
 from mura_cli.inference.predictor import IMAGE_COLUMNS, BatchResult, Predictor, predict_records
 from mura_cli.inputs.discover import ImageRecord, discover
+from mura_cli.inputs.names import printable_name
 from mura_cli.model.factory import load_model, resolve_model_dir
 from mura_cli.report.images import Thumbnails, make_thumbnails
 from mura_cli.report.thumbnailer import Thumbnailer, thumbnail_threads
@@ -106,7 +107,8 @@ def _finished_rows(out_dir: Path, weights_sha256: str, input_root: Path | None) 
             "resume with the same --model, or use --overwrite"
         )
     earlier_root = record.get("input_root")
-    if input_root is not None and earlier_root and earlier_root != str(input_root):
+    # run.json holds names as written (mura_cli.inputs.names): compare like with like
+    if input_root is not None and earlier_root and earlier_root != printable_name(str(input_root)):
         raise InputError(
             f"{out_dir}: its results come from another input ({earlier_root}); resume with the same "
             "input, or use --overwrite"
