@@ -664,7 +664,9 @@ def test_read_only_results_folder_is_one_line(tmp_path, tiny_model, mura_folder,
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", read_only)
-    with pytest.raises(OutputError, match=r"ro: cannot write the results \(Read-only file system\)"):
+    with pytest.raises(
+        OutputError, match=r"ro: cannot write the results \(Read-only file system\); nothing was scored"
+    ):
         score_folder(
             ScoreConfig(
                 input=str(mura_folder), out_dir=str(tmp_path / "ro"), model=str(tiny_model), workers=0

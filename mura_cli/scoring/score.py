@@ -343,6 +343,10 @@ def _output_failed(out_dir: Path, exc: OSError, restore: bool) -> OutputError:
                 os.replace(old, out_dir / old.name)
             previous.rmdir()
         return OutputError(f"{message}; the earlier results are back in place")
+    if not (out_dir / "images.csv").is_file():  # failed before the first row: nothing to resume
+        return OutputError(
+            f"{message}; nothing was scored: make room (or fix the permission) and run it again"
+        )
     return OutputError(
         f"{message}; the images finished so far are kept in images.csv: make room (or fix the "
         "permission) and run the same command with --resume"
