@@ -52,6 +52,8 @@ def test_the_export_is_cached_and_a_broken_entry_is_rebuilt(tiny_model, tmp_path
     monkeypatch.setattr(engines, "export_openvino", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = Predictor(model, runtime, engine="openvino", engine_cache=tmp_path).engine
     assert calls == [] and again.export_sha256 == first.export_sha256  # read from the cache
+    bare = Predictor(model, runtime, heatmaps=False, engine="openvino", engine_cache=tmp_path).engine
+    assert calls == [] and bare.export_sha256 == first.export_sha256  # an entry checked with peaks serves
     (entry / "model.bin").write_bytes(b"damaged")
     rebuilt = Predictor(model, runtime, engine="openvino", engine_cache=tmp_path).engine
     assert calls == [1] and rebuilt.name == "openvino"  # exported again (an export is not byte-identical)
