@@ -96,13 +96,24 @@ class TorchBackbone:
             return self.model.forward_features(x)
 
 
+_CORE = None
+
+
+def _core():
+    """One OpenVINO Core for the process, kept alive as long as any model compiled with it."""
+    global _CORE
+    if _CORE is None:
+        import openvino as ov
+
+        _CORE = ov.Core()
+    return _CORE
+
+
 class OpenVinoBackbone:
     """A compiled OpenVINO model of forward_features (fp32, latency hint), fed numpy, giving torch."""
 
     def __init__(self, xml: Path):
-        import openvino as ov
-
-        core = ov.Core()
+        core = _core()
         # f32 explicitly: on CPUs with AMX or AVX512-BF16, OpenVINO's default is bf16 (issue 16)
         self.compiled = core.compile_model(
             core.read_model(str(xml)),
