@@ -138,17 +138,10 @@ class Predictor:
     def _use_openvino(self, loaded: LoadedModel, cache: Path, why: str) -> engines.EngineInfo:
         version = engines.openvino_version()
         checked = cache / engines.export_key(loaded.weights_sha256, self.config, version, True)
-        folder = (
-            checked
-            if self.heatmap_method == "cam"
-            else cache / engines.export_key(loaded.weights_sha256, self.config, version, False)
-        )
-        meta = engines.cached_export(folder)
-        if meta is None and folder != checked and engines.cached_export(checked):
-            folder, meta = (
-                checked,
-                engines.cached_export(checked),
-            )  # checked with peaks: good without them too
+        folder, meta = checked, engines.cached_export(checked)  # checked with peaks: serves every run
+        if meta is None and self.heatmap_method != "cam":
+            folder = cache / engines.export_key(loaded.weights_sha256, self.config, version, False)
+            meta = engines.cached_export(folder)
         if meta is None:
             meta = engines.export_openvino(
                 self.model,
