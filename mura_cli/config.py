@@ -286,6 +286,13 @@ class TrainConfig:
     head_lr: float = option(1e-3, "Learning rate of the classifier while the backbone is frozen.", min=0.0)
     weight_decay: float = option(1e-4, "AdamW weight decay.", min=0.0)
     freeze_epochs: int = option(0, "Epochs that train the classifier alone.", min=0)
+    ema_decay: float = option(
+        0.0,
+        "Validate and keep an exponential moving average of the weights, updated every step with this "
+        "decay (e.g. 0.995; 0: off).",
+        min=0.0,
+        max=0.9999,
+    )
     scheduler: str = option("cosine", "Learning-rate schedule.", choice=choices.Scheduler)
     patience: int = option(5, "Stop after this many epochs without improvement.", min=1)
     monitor: str = option("auroc", "Validation study metric for model selection.", choice=choices.Monitor)

@@ -287,3 +287,28 @@ def test_training_leaves_the_process_settings_as_it_found_them(trained):
 
     assert not torch.are_deterministic_algorithms_enabled()  # the fixture trained deterministically (CPU)
     assert json.loads((trained.out_dir / "train_config.json").read_text())["deterministic"] is None
+
+
+def test_weight_averaging_judges_and_ships_the_average_and_resumes_exactly(
+    learnable_folder, tmp_path, monkeypatch
+):
+    import torch
+
+    data = learnable_mura(tmp_path / "data", patients=12, seed=7)
+    _scripted_validation(monkeypatch, [0.6, 0.7, 0.8, 0.6, 0.7, 0.8])  # the last epoch is the best, each run
+    kw = dict(epochs=3, ema_decay=0.9, freeze_epochs=0, img_size=32)
+    straight = train(tiny_train_config(data, tmp_path / "straight", **kw))
+    shipped = load_file(str(straight.out_dir / "model.safetensors"))
+    checkpoint = torch.load(straight.out_dir / "checkpoint.pt", weights_only=True)
+    average = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()}
+    raw = checkpoint["model"]
+    weights = [k for k in shipped if k.endswith("weight") and shipped[k].is_floating_point()]
+    assert all(torch.equal(shipped[k], average[k].contiguous()) for k in weights)  # the average ships
+    assert not all(torch.allclose(shipped[k], raw[k].contiguous()) for k in weights)  # not the last step
+
+    with pytest.raises(Stop):
+        train(tiny_train_config(data, tmp_path / "resumed", **kw), notify=stop_after(1))
+    resumed = train(tiny_train_config(data, tmp_path / "resumed", resume=True, **kw))
+    again = load_file(str(resumed.out_dir / "model.safetensors"))
+    for key in shipped:
+        np.testing.assert_allclose(shipped[key].numpy(), again[key].numpy(), atol=1e-5, err_msg=key)

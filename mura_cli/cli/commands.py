@@ -246,6 +246,7 @@ def train(
     head_lr: float = opt(TrainConfig, "head_lr"),
     weight_decay: float = opt(TrainConfig, "weight_decay"),
     freeze_epochs: int = opt(TrainConfig, "freeze_epochs"),
+    ema_decay: float = opt(TrainConfig, "ema_decay"),
     scheduler: choices.Scheduler = opt(TrainConfig, "scheduler"),
     patience: int = opt(TrainConfig, "patience"),
     monitor: choices.Monitor = opt(TrainConfig, "monitor"),

@@ -186,6 +186,15 @@ class LogitsAndFeatures(nn.Module):
         return self.model.forward_head(features), features
 
 
+def create_ema(model: nn.Module, decay: float):
+    """timm's ModelEmaV3 (weights and batch-norm statistics) for ``decay`` > 0, else None."""
+    if decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)
+
+
 class Trainer:
     """Model, optimiser, schedule and random state of one run; everything a checkpoint holds."""
 
@@ -214,6 +223,7 @@ class Trainer:
         self.scheduler = self._scheduler()
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.ema = create_ema(self.model, config.ema_decay)
         self.prepare = InputNormaliser(model_cfg, runtime.device)
         self.epoch = 0
         self.best_metric = -np.inf
@@ -273,6 +283,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return float(bce.detach()), float(box.detach()) if box is not None else 0.0, int(valid.sum())
 
     def _box_loss(self, batch: dict, valid: torch.Tensor, features: torch.Tensor, y: torch.Tensor):
@@ -301,7 +313,13 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "recipe": self.config.to_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
+
+    @property
+    def judged_model(self) -> nn.Module:
+        """The weights that validation judges and the run keeps: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -320,12 +338,14 @@ class Trainer:
             state["bad_epochs"],
             state["history"],
         )
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 def validate_images(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> pd.DataFrame:
     """The validation images with their probabilities (temperature 1); under torchrun each rank
     predicts a share and every rank gets all of them."""
-    loaded = LoadedModel(trainer.model, trainer.model_cfg, Path("."), "")
+    loaded = LoadedModel(trainer.judged_model, trainer.model_cfg, Path("."), "")
     predictor = Predictor(loaded, trainer.runtime, heatmaps=False)
     mine = list(range(trainer.dist.rank, len(records), trainer.dist.world))
     cached = Reindexed(trainer.val_source, mine) if trainer.val_source is not None else None
@@ -395,7 +415,9 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
         eligible = not cfg.boxes or epoch >= cfg.box_loss_from  # with boxes: only box-supervised epochs
         if eligible and score > trainer.best_metric:
             trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = score, epoch, 0
-            trainer.best_state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+            trainer.best_state = {
+                k: v.detach().cpu().clone() for k, v in trainer.judged_model.state_dict().items()
+            }
         elif eligible:
             trainer.bad_epochs += 1
         row = {
@@ -526,6 +548,9 @@ def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> 
     images, model folder written."""
     if trainer.best_state is not None:
         trainer.model.load_state_dict(trainer.best_state)
+    elif trainer.ema is not None:
+        trainer.model.load_state_dict(trainer.ema.module.state_dict())
+    trainer.ema = None  # the chosen weights (averaged or not) are the model's from here on
     images = validate_images(trainer, val, val_records, workers)
     temperature, bias = fit_platt(images["probability"].to_numpy(float), images["label"].to_numpy(int))
     calibrated = rescale(images["probability"].to_numpy(float), temperature, bias)
