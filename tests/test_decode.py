@@ -188,3 +188,12 @@ def test_damaged_or_headerless_dicom_reasons_name_the_actual_problem():
     with pytest.raises(DecodeError, match=r"without pixel data \(RT Ion Plan Storage\)"):
         decode_image(get_testdata_file("ExplVR_BigEndNoMeta.dcm"))
     assert decode_image(get_testdata_file("image_dfl.dcm")).shape == (512, 512)  # deflated: offsets differ
+
+
+def test_a_cut_png_stays_an_error_after_weasyprint_is_imported(tmp_path):
+    import weasyprint  # noqa: F401  (it sets Pillow's LOAD_TRUNCATED_IMAGES for the whole process)
+
+    data = (save_png8(radiograph(3), tmp_path / "whole.png")).read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DecodeError):
+        decode_image(tmp_path / "cut.png")

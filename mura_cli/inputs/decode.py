@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 from pydicom import uid
 from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi, pixel_array
@@ -96,6 +96,9 @@ def _unknown_content(path: Path) -> str:
 
 
 def _decode_raster(path: Path) -> np.ndarray:
+    # Pillow's switch is process-wide and importing WeasyPrint turns it on (it renders what it can of
+    # broken web images); a cut PNG or JPEG must stay an error here, never half an image with a score
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
