@@ -85,7 +85,7 @@ def score_once(
     return (
         len(result.images) / (time.perf_counter() - started),
         result.images,
-        result.run["runtime"]["engine"],
+        result.run.runtime.engine,
     )
 
 
@@ -101,13 +101,14 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "ENGINES.md")
     args = parser.parse_args()
     _same_allocator_as_mura_cli()  # the malloc tuning that `mura-cli score` runs with
+    from mura_cli.environment import ENGINE_CACHE_ENV
     from mura_cli.inference import engines
     from mura_cli.model.factory import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
     work = Path(tempfile.mkdtemp(prefix="mura-engines-"))
     cache = work / "engine-cache"
-    os.environ[engines.ENGINE_CACHE_ENV] = str(cache)  # a fresh export: the first run below includes it
+    os.environ[ENGINE_CACHE_ENV] = str(cache)  # a fresh export: the first run below includes it
     try:
         corpus = fracatlas_corpus(work, args.images) or build_corpus(work / "synthetic", args.images)
         raw = raw_rates(model_dir, args.batch, args.seconds, cache)

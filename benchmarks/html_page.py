@@ -45,6 +45,7 @@ class _Store:
 
 def write_page(folder: Path, images: int) -> Path:
     from mura_cli.report.html import write_review_page
+    from mura_cli.results.record import Counts, ModelIdentity, RunRecord, Tool
 
     rng = np.random.default_rng(1)
     study = [f"XR_WRIST/patient{k // 3:05d}/study1" for k in range(images)]
@@ -61,13 +62,16 @@ def write_page(folder: Path, images: int) -> Path:
     studies = studies.assign(
         body_part="WRIST", label=pd.NA, prediction=(studies["probability"] >= 0.5).astype(int)
     )
-    run = {
-        "started": "2026-12-01T00:00:00+00:00",
-        "input_root": "/data",
-        "threshold": 0.5,
-        "counts": {"scored": images, "failed": 0},
-        "model": {"name": "bench", "weights_sha256": "0" * 64, "config": {}},
-    }
+    run = RunRecord(
+        status="finished",
+        started="2026-12-01T00:00:00+00:00",
+        tool=Tool(version="bench"),
+        config={},
+        model=ModelIdentity("bench", "0" * 64),
+        input_root="/data",
+        threshold=0.5,
+        counts=Counts(images, images, 0, len(studies), 0, 0, 0),
+    )
     folder.mkdir(parents=True)
     return write_review_page(run, table, studies, _Store(), folder)
 

@@ -148,7 +148,7 @@ def score_rate(
     )
     started = time.perf_counter()
     result = score_folder(config, overwrite=True)
-    seconds = time.perf_counter() - started - (result.run["seconds"].get("report", 0.0) if pdf else 0.0)
+    seconds = time.perf_counter() - started - (result.run.seconds.get("report", 0.0) if pdf else 0.0)
     return {"img_s": len(result.images) / seconds, "seconds": seconds, "images": len(result.images)}
 
 
@@ -239,10 +239,12 @@ images = pd.DataFrame({"path": [f"s{i // 3}/img{i % 3}.png" for i in range(3 * n
 studies = images.groupby("study_id", as_index=False).agg(probability=("probability", "mean"), n_images=("path", "size"))
 studies = studies.assign(body_part="WRIST", patient_id="", label=pd.array([pd.NA] * n, dtype="Int64"), n_failed=0,
     prediction=pd.array((studies["probability"] >= 0.5).astype(int), dtype="Int64"), threshold=0.5)
-run = {"started": "now", "tool": {"version": "bench"}, "config": {"input": "bench"}, "threshold": 0.5, "aggregation": "mean",
-    "counts": {"scored": 3 * n, "failed": 0, "skipped_files": 0, "studies": n, "positive_studies": 0, "negative_studies": 0},
+run = {"status": "finished", "started": "now", "tool": {"version": "bench"}, "config": {"input": "bench"}, "threshold": 0.5, "aggregation": "mean",
+    "counts": {"images": 3 * n, "scored": 3 * n, "failed": 0, "skipped_files": 0, "studies": n, "positive_studies": 0, "negative_studies": 0},
     "model": {"name": "bench", "weights_sha256": "0" * 64, "config": {"architecture": "x", "input_size": [3, 224, 224],
-    "task": "bench", "positive_class": "abnormal", "negative_class": "normal"}}, "runtime": {"device": "cpu", "precision": "fp32", "heatmap_method": "cam"}}
+    "task": "bench", "positive_class": "abnormal", "negative_class": "normal"}}, "runtime": {"device": "cpu", "precision": "fp32", "reason": "bench", "workers": 0, "batch_size": 32, "heatmap_method": "cam"}}
+from mura_cli.results.record import RunRecord
+run = RunRecord.from_dict(run)
 class Store:
     def get(self, path): return thumbs
 t = time.perf_counter()

@@ -24,6 +24,11 @@ class Precision(Choice):
     FP16 = "fp16"
 
 
+class ReducedPrecision(Choice):  # what check-precision compares with fp32
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
 class Aggregation(Choice):  # image probabilities -> study probability
     MEAN = "mean"
     MAX = "max"
@@ -61,6 +66,13 @@ class ClassWeights(Choice):  # positive-class weights: none, one for all, or per
     NONE = "none"
     GLOBAL = "global"
     PER_PART = "per-part"
+
+
+class GroupBy(Choice):  # which images form a study (mura_cli.inputs.discover.regroup)
+    AUTO = "auto"  # MURA folder names, else the DICOM StudyInstanceUID, else the folder
+    FOLDER = "folder"  # the images of one folder
+    IMAGE = "image"  # every image alone
+    DICOM_STUDY = "dicom-study"  # the DICOM StudyInstanceUID, else the folder
 
 
 class Engine(Choice):  # where the backbone runs (mura_cli.inference.engines)
@@ -112,8 +124,6 @@ DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
 DEFAULT_OUT_DIR = "mura-results"
 DEFAULT_MODEL_NAME = "fracatlas-efficientnet-lite0"
-# environment variable naming an extra folder of user models (searched before the shipped ones)
-MODELS_DIR_ENV = "MURA_CLI_MODELS"
 
 RESEARCH_NOTICE = "Research use only, not a medical device."
 

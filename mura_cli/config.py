@@ -191,6 +191,13 @@ def check_options(config) -> None:
             continue
         if isinstance(value, choices.Choice):
             object.__setattr__(config, spec.name, value := value.value)
+        if isinstance(value, tuple) and meta["choice"] is not None:  # a repeatable choice
+            value = tuple(v.value if isinstance(v, choices.Choice) else v for v in value)
+            object.__setattr__(config, spec.name, value)
+            bad = [v for v in value if v not in meta["choice"].values()]
+            if bad:
+                raise ValueError(f"{spec.name} must be among {list(meta['choice'].values())}, got {bad[0]!r}")
+            continue
         if meta["choice"] is not None and value not in meta["choice"].values():
             raise ValueError(f"{spec.name} must be one of {list(meta['choice'].values())}, got {value!r}")
         if meta["min"] is not None and value < meta["min"]:
@@ -250,6 +257,12 @@ class ScoreConfig:
     engine: str = option("auto", _ENGINE_HELP, choice=choices.Engine)
     allow_modality: tuple[str, ...] = option(
         (), "Also score DICOM files of this modality (repeatable; CR and DX always are), e.g. RF, XA, MG, OT."
+    )
+    group_by: str = option(
+        "auto",
+        "Which images form a study: auto (MURA folder names, else the DICOM StudyInstanceUID, else the "
+        "folder), folder, image (each alone) or dicom-study.",
+        choice=choices.GroupBy,
     )
 
     def __post_init__(self) -> None:
@@ -378,6 +391,49 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """One `merge` run: finished `score --shard I/N` folders into one results folder."""
+
+    shards: tuple[str, ...]
+    out_dir: str
+    pdf: bool = option(
+        False, "Also write one report.pdf (shards must have been scored with --pdf).", flags=("--pdf",)
+    )
+    overwrite: bool = option(False, "Replace results already in --out.", flags=("--overwrite",))
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if not self.shards:
+            raise ValueError("merge needs at least one shard folder")
+
+
+@dataclass(frozen=True)
+class PrecisionCheckConfig:
+    """One `check-precision` run: the same images in fp32 and in reduced precision."""
+
+    images: str
+    model: str | None = option(
+        None, "Model folder or name (default: the default model).", flags=("--model", "-m")
+    )
+    device: str = option("auto", _DEVICE_HELP)
+    precisions: tuple[str, ...] = option(
+        (),
+        "Reduced precision(s) to check (repeatable; default: those of the device).",
+        choice=choices.ReducedPrecision,
+        flags=("--precision",),
+    )
+    batch_size: int = option(16, "Images per batch.", min=1, flags=("--batch-size", "-b"))
+    record: bool = option(
+        False,
+        "Store the results in the model's config.json, where --precision auto reads them.",
+        flags=("--record",),
+    )
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass(frozen=True)

@@ -140,3 +140,26 @@ def learnable_mura(root: Path, patients: int = 40, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def learnable_folder(tmp_path_factory) -> Path:
     return learnable_mura(tmp_path_factory.mktemp("learnable") / "data")
+
+
+def boxes_past_the_right_margin(html: str, pictures: dict) -> list[tuple[int, str, float]]:
+    """(page, tag, points past the margin) of every table, cell, picture or paragraph of a report's
+    layout that reaches beyond the right edge of its page's content area."""
+    from weasyprint import HTML
+
+    from mura_cli.report.render import _fetcher
+    from mura_cli.resources import data_dir
+
+    document = HTML(
+        string=html, base_url=str(data_dir("report_templates")), url_fetcher=_fetcher(pictures)
+    ).render()
+    past = []
+    for number, page in enumerate(document.pages, 1):
+        box = page._page_box
+        right = box.content_box_x() + box.width
+        for d in box.descendants():
+            if d.element_tag in ("table", "td", "th", "img", "p") and hasattr(d, "border_width"):
+                over = d.border_box_x() + d.border_width() - right
+                if over > 0.5:
+                    past.append((number, d.element_tag, round(over, 1)))
+    return past

@@ -258,6 +258,8 @@ def test_models_lists_user_models_with_held_out_metrics(tmp_path, tiny_model, mo
         ["train", ".", "--out", "m", "--in-chans", "2"],
         ["train", ".", "--out", "m", "--pooling", "max"],
         ["evaluate", ".", "--precision", "foo"],
+        ["check-precision", ".", "--precision", "fp8"],
+        ["merge", "a", "b", "--out", "m", "--pdf=maybe"],
     ],
 )
 def test_invalid_values_exit_2_before_torch_is_imported(args):
@@ -271,10 +273,18 @@ def test_invalid_values_exit_2_before_torch_is_imported(args):
 
 
 @pytest.mark.parametrize(
-    "command, config_name", [("score", "ScoreConfig"), ("train", "TrainConfig"), ("evaluate", "EvalConfig")]
+    "command, config_name, least",
+    [
+        ("score", "ScoreConfig", 12),
+        ("train", "TrainConfig", 12),
+        ("evaluate", "EvalConfig", 12),
+        ("merge", "MergeConfig", 2),
+        ("check-precision", "PrecisionCheckConfig", 5),
+    ],
 )
-def test_every_option_takes_its_default_help_and_choices_from_the_config(command, config_name):
+def test_every_option_takes_its_default_help_and_choices_from_the_config(command, config_name, least):
     import dataclasses
+    import typing
 
     import typer.main
 
@@ -284,7 +294,7 @@ def test_every_option_takes_its_default_help_and_choices_from_the_config(command
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
     declared = [name for name, f in fields.items() if f.metadata]
-    assert len(declared) >= 12
+    assert len(declared) >= least
     for name in declared:
         param = params.get(name) or params.get({"out_dir": "out"}.get(name, name))
         if name == "resume_changes":  # given as one comma-separated string
@@ -296,6 +306,28 @@ def test_every_option_takes_its_default_help_and_choices_from_the_config(command
         assert default == spec.default, name
         assert param.help == spec.metadata["help"], name
         if spec.metadata["choice"] is not None:
-            assert param.type_descriptor.annotation is spec.metadata["choice"], (
-                name
-            )  # Typer lists and checks them
+            annotation = param.type_descriptor.annotation
+            inner = typing.get_args(annotation) or (annotation,)  # list[Choice] for a repeatable one
+            assert inner[0] is spec.metadata["choice"], name  # Typer lists and checks them
+
+
+def test_a_flat_folder_of_many_images_gets_a_notice_and_group_by_image_splits_it(tmp_path, tiny_model):
+    import json
+
+    from conftest import radiograph, save_png8
+
+    for k in range(14):
+        save_png8(radiograph(k), tmp_path / "scans" / f"scan{k:02d}.png")
+    common = ["--model", str(tiny_model), "--workers", "0"]
+    grouped = runner.invoke(app, ["score", str(tmp_path / "scans"), "--out", str(tmp_path / "a"), *common])
+    assert grouped.exit_code == 0 and "notice: 14 images in scans were grouped as one study" in grouped.output
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["notices"][0].startswith(
+        "14 images in scans"
+    )
+    assert len(pd.read_csv(tmp_path / "a" / "studies.csv")) == 1
+    alone = runner.invoke(
+        app, ["score", str(tmp_path / "scans"), "--out", str(tmp_path / "b"), "--group-by", "image", *common]
+    )
+    assert alone.exit_code == 0 and "notice:" not in alone.output
+    assert len(pd.read_csv(tmp_path / "b" / "studies.csv")) == 14
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["group_by"] == "image"

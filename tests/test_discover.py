@@ -100,3 +100,27 @@ def test_parse_mura_path_ignores_other_names():
     parsed = parse_mura_path(("data", "XR_SHOULDER", "patient11185", "study1_positive", "image1.png"))
     assert (parsed.body_part, parsed.patient_id, parsed.label) == ("SHOULDER", "patient11185", 1)
     assert parse_mura_path(("data", "study", "x.png")).label is None
+
+
+def test_group_by_chooses_what_forms_a_study(mura_folder, rg3_files, tmp_path):
+    flat = tmp_path / "flat"
+    for k in range(14):
+        save_png8(radiograph(k), flat / f"scan{k:02d}.png")
+    auto = discover(flat)
+    assert {r.study_id for r in auto.images} == {"flat"}
+    assert len(auto.notices) == 1 and "14 images in flat were grouped as one study" in auto.notices[0]
+    assert "--group-by image" in auto.notices[0]
+    alone = discover(flat, group_by="image")
+    assert len({r.study_id for r in alone.images}) == 14 and alone.notices == ()
+
+    mura = discover(mura_folder)
+    by_folder = discover(mura_folder, group_by="folder")
+    assert discover(mura_folder).notices == ()  # MURA studies are named by their folders: no notice
+    assert [r.study_id for r in mura.images] == [r.study_id for r in by_folder.images]  # MURA: its folders
+    assert {r.study_id for r in by_folder.images} == {r.rel_path.rsplit("/", 1)[0] for r in by_folder.images}
+    assert [r.label for r in by_folder.images] == [r.label for r in mura.images]  # labels stay
+
+    for k, folder in enumerate(("a", "b")):  # one DICOM study spread over two folders
+        copy(rg3_files[0], tmp_path / "dcm" / folder / f"{k}.dcm")
+    assert len({r.study_id for r in discover(tmp_path / "dcm", group_by="dicom-study").images}) == 1
+    assert len({r.study_id for r in discover(tmp_path / "dcm", group_by="folder").images}) == 2

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import mura_cli
+from mura_cli.environment import ENGINE_CACHE_ENV
 from mura_cli.inference import engines
 from mura_cli.inference.device import create_runtime
 from mura_cli.inference.predictor import Predictor
@@ -68,7 +69,7 @@ def test_a_failed_export_falls_back_to_torch_with_a_reason_and_still_scores(
         raise RuntimeError("conversion\nexploded")
 
     monkeypatch.setattr(engines, "export_openvino", broken)
-    monkeypatch.setenv(engines.ENGINE_CACHE_ENV, str(tmp_path / "fresh-cache"))  # no export of earlier tests
+    monkeypatch.setenv(ENGINE_CACHE_ENV, str(tmp_path / "fresh-cache"))  # no export of earlier tests
     from mura_cli.config import ScoreConfig
 
     (tmp_path / "in").mkdir()
@@ -85,7 +86,7 @@ def test_a_failed_export_falls_back_to_torch_with_a_reason_and_still_scores(
             engine="openvino",
         )
     )
-    engine = result.run["runtime"]["engine"]
+    engine = result.run.runtime.engine
     assert engine["name"] == "torch" and engine["reason"].startswith(
         "torch (the OpenVINO export failed: RuntimeError"
     )

@@ -485,7 +485,7 @@ def test_resume_scores_again_an_image_changed_in_place(tmp_path, tiny_model, mur
     fresh = score_folder(
         ScoreConfig(input=str(mura_folder), out_dir=str(tmp_path / "fresh"), model=str(tiny_model), workers=0)
     )
-    assert again.run["resumed_changed_images"] == 1 and again.run["resumed_images"] == len(first.images) - 1
+    assert again.run.resumed_changed_images == 1 and again.run.resumed_images == len(first.images) - 1
     pd.testing.assert_series_equal(again.images["probability"], fresh.images["probability"])
     assert again.images.set_index("path").loc[changed, "height"] == 120
     assert again.images.set_index("path").loc[changed, "probability"] != rows.loc[changed, "probability"]
@@ -500,7 +500,7 @@ def test_resume_scores_again_rows_written_without_a_fingerprint(tmp_path, tiny_m
     )  # an older release's file
     old.to_csv(out / "images.csv", index=False)
     again = score_folder(config, resume=True)
-    assert again.run["resumed_images"] == 0 and again.run["resumed_changed_images"] == len(first.images)
+    assert again.run.resumed_images == 0 and again.run.resumed_changed_images == len(first.images)
     assert again.images["file_mtime_ns"].notna().all()
 
 
@@ -520,7 +520,7 @@ def test_names_that_are_not_utf8_or_hold_line_breaks_round_trip(tmp_path, tiny_m
     table = pd.read_csv(tmp_path / "out" / "images.csv")  # valid UTF-8, one row per image
     assert sorted(table["path"]) == sorted(names.values()) and table["probability"].notna().all()
     again = score_folder(config, resume=True)  # the written names find their rows again
-    assert again.run["resumed_images"] == len(names) and again.run["resumed_changed_images"] == 0
+    assert again.run.resumed_images == len(names) and again.run.resumed_changed_images == 0
 
 
 def test_non_radiograph_modalities_get_a_reason_unless_allowed(tmp_path, tiny_model, rg3_files):
@@ -596,7 +596,7 @@ def test_resume_with_pdf_rescores_rows_that_have_no_thumbnail(tmp_path, tiny_mod
         ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0, pdf=True),
         resume=True,
     )
-    assert again.run["resumed_images"] == 0  # scored again: the first run kept no thumbnails
+    assert again.run.resumed_images == 0  # scored again: the first run kept no thumbnails
     pd.testing.assert_series_equal(again.images["probability"], first.images["probability"])
     pictures = sum(len(page.images) for page in PdfReader(out / "report.pdf").pages)
     assert pictures >= len(first.images)
@@ -632,7 +632,7 @@ def test_full_disk_is_one_line_exit_4_and_resume_finishes(tmp_path, tiny_model, 
     resumed = score_folder(
         ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0), resume=True
     )
-    assert resumed.run["status"] == "finished" and resumed.run["resumed_images"] == images
+    assert resumed.run.status == "finished" and resumed.run.resumed_images == images
 
 
 def test_overwrite_keeps_the_old_results_when_the_new_run_cannot_be_written(
@@ -702,7 +702,7 @@ def test_resume_keeps_rows_when_another_row_has_no_fingerprint(tmp_path, tiny_mo
     first = score_folder(config)
     scored = int((first.images["error"] == "").sum())
     again = score_folder(config, resume=True)
-    assert again.run["resumed_images"] == scored and again.run["resumed_changed_images"] == 0
+    assert again.run.resumed_images == scored and again.run.resumed_changed_images == 0
     assert again.images["file_mtime_ns"].tolist() == first.images["file_mtime_ns"].tolist()
 
 
@@ -717,7 +717,7 @@ def test_an_input_folder_name_that_is_not_utf8_reaches_run_json(tmp_path, tiny_m
         "scans\\xff"
     )
     config = ScoreConfig(input=str(folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0)
-    assert score_folder(config, resume=True).run["resumed_images"] == 1  # the written root is recognised
+    assert score_folder(config, resume=True).run.resumed_images == 1  # the written root is recognised
     page = score_folder(
         ScoreConfig(
             input=str(folder), out_dir=str(tmp_path / "html"), model=str(tiny_model), workers=0, html=True

@@ -12,6 +12,8 @@ LAYERS = [
     {
         "choices",
         "config",
+        "environment",
+        "wording",
         "errors",
         "files",
         "resources",
@@ -54,3 +56,28 @@ def test_no_command_line_library_below_the_cli():
             continue
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"^\s*(?:import|from) (typer|rich)\b", text, re.M), path
+
+
+def test_only_the_environment_module_and_the_cli_read_environment_variables():
+    package = Path(mura_cli.__file__).parent
+    readers = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.relative_to(package).parts[0] not in ("cli", "environment.py")
+        and re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text(encoding="utf-8"))
+    ]
+    assert not readers, readers
+
+
+def test_an_explicit_environment_replaces_the_variables(tmp_path, monkeypatch):
+    from mura_cli import environment
+    from mura_cli.inference.engines import default_cache_dir
+    from mura_cli.model.factory import model_search_dirs
+
+    monkeypatch.setenv("MURA_CLI_ENGINE_CACHE", str(tmp_path / "from-variable"))
+    assert default_cache_dir() == tmp_path / "from-variable"  # read when asked, not at import
+    chosen = environment.Environment(cache_home=tmp_path / "home", models_dir=tmp_path / "mine")
+    with environment.using(chosen):
+        assert default_cache_dir() == tmp_path / "home" / "mura-cli" / "engines"
+        assert model_search_dirs()[0] == tmp_path / "mine"
+    assert default_cache_dir() == tmp_path / "from-variable"

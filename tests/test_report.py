@@ -68,3 +68,29 @@ def test_overlay_leaves_cold_pixels_gray_and_tints_hot_ones_by_the_ramp():
     out = np.asarray(overlay(Image.fromarray(gray), heat)).astype(int)
     assert (out[1:, :] == 100).all() and (out[0, 1:] == 100).all()
     assert np.abs(out[0, 0] - np.array([0.4 * 100 + 0.6 * 128, 40, 40])).max() <= 1
+
+
+def test_counts_are_worded_in_the_right_number():
+    from mura_cli.wording import counted
+
+    assert [counted(1, "study"), counted(2, "study"), counted(0, "image"), counted(1, "image")] == [
+        "1 study",
+        "2 studies",
+        "0 images",
+        "1 image",
+    ]
+
+
+def test_a_study_taller_than_a_page_leaves_no_blank_page(tmp_path, tiny_model):
+    from conftest import radiograph, save_png8
+
+    study = tmp_path / "in" / "XR_HAND" / "patient1" / "study1"
+    for k in range(18):
+        save_png8(radiograph(k, 120, 90), study / f"image{k:02d}.png")
+    config = ScoreConfig(
+        input=str(tmp_path / "in"), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0, pdf=True
+    )
+    reader = PdfReader(score_folder(config).out_dir / "report.pdf")
+    pages = reader.pages[1:]  # the summary page has no pictures
+    assert pages and all(len(page.images) > 0 for page in pages), [len(p.images) for p in pages]
+    assert "image00.png" in pages[0].extract_text()  # the study starts under its heading

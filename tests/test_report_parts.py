@@ -23,6 +23,7 @@ from mura_cli.report.images import make_thumbnails
 from mura_cli.report.parts import Part, render_parts
 from mura_cli.report.render import css_string
 from mura_cli.report.worker import answer
+from mura_cli.results.record import RunRecord
 
 N_STUDIES = 30
 
@@ -56,6 +57,7 @@ def _report_inputs(n_studies: int = N_STUDIES):
         if not e
     }
     run = {
+        "status": "finished",
         "started": "2026-11-22T10:00:00",
         "tool": {"version": "test"},
         "config": {"input": "in"},
@@ -63,6 +65,7 @@ def _report_inputs(n_studies: int = N_STUDIES):
         "aggregation": "mean",
         "counts": {
             "scored": len(thumbs),
+            "images": len(thumbs) + 1,
             "failed": 1,
             "skipped_files": 0,
             "studies": n_studies,
@@ -80,9 +83,16 @@ def _report_inputs(n_studies: int = N_STUDIES):
                 "negative_class": "normal",
             },
         },
-        "runtime": {"device": "cpu", "precision": "fp32", "heatmap_method": "cam"},
+        "runtime": {
+            "device": "cpu",
+            "precision": "fp32",
+            "reason": "test",
+            "workers": 0,
+            "batch_size": 4,
+            "heatmap_method": "cam",
+        },
     }
-    return run, images, studies, thumbs
+    return RunRecord.from_dict(run), images, studies, thumbs
 
 
 @pytest.fixture(scope="module")

@@ -78,3 +78,24 @@ def test_every_command_refuses_an_out_inside_its_input(tmp_path, tiny_model):
         ],
     )
     assert single.exit_code == 0, single.output
+
+
+def test_the_run_record_is_written_once_and_read_back_whole(tmp_path, tiny_model, mura_folder):
+    import json
+
+    from mura_cli.config import ScoreConfig
+    from mura_cli.results.record import RunRecord, read_run_record
+    from mura_cli.scoring.score import score_folder
+
+    out = tmp_path / "out"
+    config = ScoreConfig(input=str(mura_folder), out_dir=str(out), model=str(tiny_model), workers=0)
+    result = score_folder(config)
+    assert read_run_record(out) == result.run  # every field survives the file, typed
+    assert result.run.status == "finished" and result.run.counts.images == len(result.images)
+    assert RunRecord.from_dict({**json.loads((out / "run.json").read_text()), "from_a_newer_version": 1})
+
+    record = json.loads((out / "run.json").read_text())
+    record["model"]["weights_sha256"] = 7
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"run.json is damaged: 'model.weights_sha256' is not a str"):
+        score_folder(config, resume=True)

@@ -144,7 +144,7 @@ def test_model_by_name_from_user_models_folder(tmp_path, mura_folder, tiny_model
     config = ScoreConfig(
         input=str(mura_folder), out_dir=str(tmp_path / "o"), model=tiny_model.name, workers=0
     )
-    assert score_folder(config).run["model"]["name"] == tiny_model.name
+    assert score_folder(config).run.model.name == tiny_model.name
 
 
 def test_worker_processes_give_the_same_rows(mura_folder, tmp_path, resnet_model):
@@ -159,7 +159,7 @@ def test_worker_processes_give_the_same_rows(mura_folder, tmp_path, resnet_model
 def test_bf16_stays_within_1e2_of_fp32(mura_folder, tmp_path, resnet_model):
     fp32 = run(mura_folder, tmp_path / "a", resnet_model, precision="fp32")
     bf16 = run(mura_folder, tmp_path / "b", resnet_model, precision="bf16")
-    assert bf16.run["runtime"]["precision"] == "bf16"
+    assert bf16.run.runtime.precision == "bf16"
     diff = np.abs(fp32.images["probability"].to_numpy(float) - bf16.images["probability"].to_numpy(float))
     assert diff.max() < 1e-2
 

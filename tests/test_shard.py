@@ -188,7 +188,13 @@ def test_merge_refuses_damaged_overlapping_or_foreign_shards_in_one_line(tmp_pat
     assert "studies.csv is missing" in _merge(s0, cut, "--out", tmp_path / "m").output
     (cut / "run.json").write_text("[1, 2]")
     odd = _merge(s0, cut, "--out", tmp_path / "m")
-    assert odd.exit_code == 1 and "not a finished" in odd.output and "Traceback" not in odd.output
+    assert odd.exit_code == 1 and "run.json is damaged" in odd.output and "Traceback" not in odd.output
+    run = json.loads((s1 / "run.json").read_text())
+    (cut / "run.json").write_text(json.dumps({**run, "counts": {**run["counts"], "images": "12"}}))
+    wrong = _merge(s0, cut, "--out", tmp_path / "m").output  # a field of the wrong type is named
+    assert "run.json is damaged: 'counts.images' is not an int" in wrong and "Traceback" not in wrong
+    (cut / "run.json").write_text(json.dumps({k: v for k, v in run.items() if k != "model"}))
+    assert "'model' is missing" in _merge(s0, cut, "--out", tmp_path / "m").output
     assert not (tmp_path / "m").exists()  # nothing written by a refused merge
 
 

@@ -312,3 +312,26 @@ def test_weight_averaging_judges_and_ships_the_average_and_resumes_exactly(
     again = load_file(str(resumed.out_dir / "model.safetensors"))
     for key in shipped:
         np.testing.assert_allclose(shipped[key].numpy(), again[key].numpy(), atol=1e-5, err_msg=key)
+
+
+def test_evaluation_report_stays_inside_the_page(trained, tmp_path, monkeypatch):
+    from mura_cli.report import pdf as report_pdf
+
+    from conftest import boxes_past_the_right_margin
+
+    written = {}
+    real = report_pdf.write_pdf
+
+    def capture(html, path, pictures=None):
+        written.update(html=html, pictures=pictures or {})
+        return real(html, path, pictures)
+
+    monkeypatch.setattr(report_pdf, "write_pdf", capture)
+    data = learnable_mura(tmp_path / "unseen", patients=12, seed=12)
+    evaluate(
+        EvalConfig(
+            data=str(data), out_dir=str(tmp_path / "ev"), model=str(trained.out_dir), workers=0, pdf=True
+        )
+    )
+    assert "0." in written["html"] and "\u2013" in written["html"]  # values with their CIs were laid out
+    assert boxes_past_the_right_margin(written["html"], written["pictures"]) == []

@@ -12,13 +12,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mura_cli import __version__, choices
+from mura_cli import __version__, choices, environment
 from mura_cli.choices import ExitCode
 from mura_cli.cli.options import build, opt
-from mura_cli.config import EvalConfig, ScoreConfig, TrainConfig
+from mura_cli.config import EvalConfig, MergeConfig, PrecisionCheckConfig, ScoreConfig, TrainConfig
+from mura_cli.environment import MODELS_DIR_ENV
 from mura_cli.errors import MuraError, OutputError
+from mura_cli.wording import counted
 
 app = typer.Typer(
+    rich_markup_mode=None,  # plain click help: one flag column, readable at 80 columns
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -54,7 +57,9 @@ class _ProgressView:
     def __call__(self, event) -> None:
         if self.quiet:
             return
-        if event.stage == "start":
+        if event.stage == "notice":
+            err.print(f"[yellow]notice:[/] {escape(event.message)}", soft_wrap=True)
+        elif event.stage == "start":
             err.print(escape(event.message), soft_wrap=True)
             self.bar = Progress(
                 TextColumn("images"),
@@ -82,17 +87,16 @@ class _ProgressView:
 
 
 def _summary(result) -> None:
-    counts, seconds = result.run["counts"], result.run["seconds"]
+    counts, seconds, model = result.run.counts, result.run.seconds, result.run.model.config
     table = Table(title="mura-cli score", show_header=False, title_justify="left")
-    table.add_row("images scored", f"{counts['scored']} of {counts['images']}")
-    table.add_row("failed", str(counts["failed"]))
+    table.add_row("images scored", f"{counts.scored} of {counts.images}")
+    table.add_row("failed", str(counts.failed))
     table.add_row(
         "studies",
-        f"{counts['studies']}: {counts['positive_studies']} predicted "
-        f"{result.run['model']['config']['positive_class']}, {counts['negative_studies']} "
-        f"{result.run['model']['config']['negative_class']}",
+        f"{counts.studies}: {counts.positive_studies} predicted "
+        f"{model['positive_class']}, {counts.negative_studies} {model['negative_class']}",
     )
-    table.add_row("other files skipped", str(counts["skipped_files"]))
+    table.add_row("other files skipped", str(counts.skipped_files))
     table.add_row(
         "time", f"{seconds['total']:.1f} s ({seconds['images_per_second']:.1f} img/s in the model pass)"
     )
@@ -109,7 +113,9 @@ def _summary(result) -> None:
 
 @app.command()
 def score(
-    input: Path = typer.Argument(..., help="Folder of studies (PNG, JPEG, DICOM), or one image file."),
+    input: Path = typer.Argument(
+        ..., metavar="INPUT", help="Folder of studies (PNG, JPEG, DICOM), or one image file."
+    ),
     out: Path = opt(ScoreConfig, "out_dir"),
     model: str | None = opt(ScoreConfig, "model"),
     pdf: bool = opt(ScoreConfig, "pdf"),
@@ -130,6 +136,7 @@ def score(
     tta: choices.TTA = opt(ScoreConfig, "tta"),
     engine: choices.Engine = opt(ScoreConfig, "engine"),
     allow_modality: list[str] = opt(ScoreConfig, "allow_modality"),
+    group_by: choices.GroupBy = opt(ScoreConfig, "group_by"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Score every radiograph below INPUT; write images.csv, studies.csv, run.json (and report.pdf)."""
@@ -232,10 +239,14 @@ def _epoch_table(log) -> None:
 @app.command()
 def train(
     data: Path = typer.Argument(
-        ..., help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."
+        ..., metavar="DATA", help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."
     ),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Model folder to write (config.json, model.safetensors, ...)."
+        ...,
+        "--out",
+        "-o",
+        metavar="FOLDER",
+        help="Model folder to write (config.json, model.safetensors, ...).",
     ),
     arch: str = opt(TrainConfig, "arch"),
     img_size: int = opt(TrainConfig, "img_size"),
@@ -283,7 +294,7 @@ def train(
     config = build(TrainConfig, locals(), data=data, out_dir=out, resume_changes=_names(resume_changes))
     from mura_cli.training.train import train as run_training
 
-    quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 talks
+    quiet = quiet or environment.current().rank != 0  # under torchrun only rank 0 talks
     view = _TrainView(quiet)
     try:
         result = run_training(config, notify=view)
@@ -307,7 +318,7 @@ def train(
 @app.command()
 def evaluate(
     data: Path = typer.Argument(
-        ..., help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."
+        ..., metavar="DATA", help="MURA-v1.1 root, FracAtlas folder, manifest CSV, or MURA-layout folder."
     ),
     model: str | None = opt(EvalConfig, "model"),
     out: Path = opt(EvalConfig, "out_dir"),
@@ -349,7 +360,7 @@ def _eval_summary(result) -> None:
     images = len(result.images)
     table = Table(
         title=f"study level, split '{run['split']}': {images} image{'s' * (images != 1)}, "
-        f"{len(result.studies)} stud{'ies' if len(result.studies) != 1 else 'y'} (95% CI)",
+        f"{counted(len(result.studies), 'study')} (95% CI)",
         title_justify="left",
     )
     for column in ("group", "n (pos.)", "AUROC", "kappa", "sensitivity", "specificity"):
@@ -389,46 +400,25 @@ def _eval_summary(result) -> None:
 @app.command("check-precision")
 def check_precision(
     images: Path = typer.Argument(
-        ..., help="Folder of radiographs (or one image) to score in each precision."
+        ..., metavar="IMAGES", help="Folder of radiographs (or one image) to score in each precision."
     ),
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="Model folder or name (default: the default model)."
-    ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: list[str] | None = typer.Option(
-        None, "--precision", help="Reduced precision(s) to check (default: those of the device)."
-    ),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
-    record: bool = typer.Option(
-        False,
-        "--record",
-        help="Store the results in the model's config.json, where --precision auto reads them.",
-    ),
+    model: str | None = opt(PrecisionCheckConfig, "model"),
+    device: str = opt(PrecisionCheckConfig, "device"),
+    precisions: list[choices.ReducedPrecision] = opt(PrecisionCheckConfig, "precisions"),
+    batch_size: int = opt(PrecisionCheckConfig, "batch_size"),
+    record: bool = opt(PrecisionCheckConfig, "record"),
 ) -> None:
     """Score the same images in fp32 and in reduced precision; report how far the answers move."""
-    for value in precision or []:
-        if value not in ("bf16", "fp16"):
-            raise typer.BadParameter("expected bf16 or fp16", param_hint="--precision")
-    from mura_cli.inference import precision_check
-    from mura_cli.inference.device import resolve_device
-    from mura_cli.inputs.discover import discover
-    from mura_cli.model.factory import load_model, resolve_model_dir
+    config = build(PrecisionCheckConfig, locals(), images=images)
+    from mura_cli.inference.precision_check import run_precision_check
 
     try:
-        loaded = load_model(resolve_model_dir(model))
-        dev, _ = resolve_device(device)
-        records = [r for r in discover(images).images if not r.error]
-        if not records:
-            raise MuraError(f"{images}: no readable images to check")
-        results = precision_check.check_precisions(loaded, records, dev, precision or None, batch_size)
+        checked = run_precision_check(config)
     except MuraError as exc:
         raise _fail_from(exc) from None
-    _precision_table(loaded.config.name, dev, results)
-    if record:
-        path = precision_check.record_checks(
-            loaded.path, dev.type, results, note=f"{len(records)} images of {images}"
-        )
-        err.print(f"recorded in {escape(str(path))}", soft_wrap=True)
+    _precision_table(checked.model.config.name, checked.device, checked.results)
+    if checked.recorded_in:
+        err.print(f"recorded in {escape(str(checked.recorded_in))}", soft_wrap=True)
 
 
 def _precision_table(name: str, device, results: dict) -> None:
@@ -460,27 +450,28 @@ def _precision_table(name: str, device, results: dict) -> None:
 
 @app.command()
 def merge(
-    shards: list[Path] = typer.Argument(..., help="Results folders of `score --shard I/N`, one per shard."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where the merged results go."),
-    pdf: bool = typer.Option(
-        False, "--pdf", help="Also write one report.pdf (shards must have been scored with --pdf)."
+    shards: list[Path] = typer.Argument(
+        ..., metavar="SHARD...", help="Results folders of `score --shard I/N`, one per shard."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FOLDER", help="Where the merged results go."),
+    pdf: bool = opt(MergeConfig, "pdf"),
+    overwrite: bool = opt(MergeConfig, "overwrite"),
 ) -> None:
     """Combine shard results into exactly what a single run would have written."""
+    config = build(MergeConfig, locals(), shards=shards, out_dir=out)
     from mura_cli.scoring.merge import merge_shards
 
     try:
-        run = merge_shards(shards, out, pdf=pdf, overwrite=overwrite)
+        run = merge_shards(config)
     except MuraError as exc:
         raise _fail_from(exc) from None
-    counts = run["counts"]
+    counts = run.counts
     err.print(
-        f"merged {run['shards']} shards: {counts['images']} images ({counts['failed']} failed), "
-        f"{counts['studies']} studies -> {escape(str(out))}",
+        f"merged {counted(run.shards, 'shard')}: {counted(counts.images, 'image')} ({counts.failed} failed), "
+        f"{counted(counts.studies, 'study')} -> {escape(str(out))}",
         soft_wrap=True,
     )
-    raise typer.Exit(int(ExitCode.PARTIAL if counts["failed"] else ExitCode.OK))
+    raise typer.Exit(int(ExitCode.PARTIAL if counts.failed else ExitCode.OK))
 
 
 @app.command()
@@ -490,7 +481,7 @@ def models() -> None:
 
     entries = list_models()
     if not entries:
-        err.print(f"no models found (shipped models, or folders under ${choices.MODELS_DIR_ENV})")
+        err.print(f"no models found (shipped models, or folders under ${MODELS_DIR_ENV})")
         raise typer.Exit(int(ExitCode.OK))
     table = Table(title="models", title_justify="left")
     for column in ("name", "source", "architecture", "input", "held-out study AUROC [95% CI]", "sens / spec"):
@@ -520,7 +511,9 @@ def models() -> None:
 
 @app.command("sample-data")
 def sample_data(
-    folder: Path = typer.Argument(Path("samples"), help="Where to write the sample studies."),
+    folder: Path = typer.Argument(
+        Path("samples"), metavar="FOLDER", help="Where to write the sample studies."
+    ),
 ) -> None:
     """Write real sample radiographs (an extremity CR from pydicom-data, MIT) to FOLDER."""
     from mura_cli.inputs.samples import write_samples

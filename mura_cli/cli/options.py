@@ -24,15 +24,18 @@ def opt(config_cls, name: str, *flags: str, **overrides) -> Any:
     spec = _spec(config_cls, name)
     meta = spec.metadata
     default = overrides.pop("default", spec.default)
-    if meta.get("choice") is not None and default is not None:
+    if isinstance(default, tuple):  # a repeatable option
+        default = [meta["choice"](v) for v in default] if meta.get("choice") else list(default)
+    elif meta.get("choice") is not None and default is not None:
         default = meta["choice"](default)
-    if isinstance(default, tuple):
-        default = list(default)
     names = flags or meta.get("flags") or ()
     if spec.type in ("bool", "bool | None") and not names:
         dashed = name.replace("_", "-")
         names = (f"--{dashed}/--no-{dashed}",)
     settings = {"help": meta.get("help") or None}
+    if meta.get("choice") is None and not spec.type.startswith("bool"):
+        # as argparse names a value (--batch-size BATCH_SIZE); a folder is a FOLDER
+        settings["metavar"] = "FOLDER" if name.endswith("_dir") else name.upper()
     if meta.get("min") is not None:
         settings["min"] = meta["min"]
     if meta.get("max") is not None:

@@ -26,6 +26,7 @@ from mura_cli.inputs.discover import records_from_table, screen_modalities
 from mura_cli.model.factory import load_model, resolve_model_dir
 from mura_cli.results.folder import check_out_dir
 from mura_cli.results.writers import write_csv, write_json
+from mura_cli.wording import counted
 
 RESULT_FILES = ("metrics.json", "studies.csv", "images.csv", "per_body_part.csv", "report.pdf")
 
@@ -302,7 +303,7 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
             "start",
             0,
             len(rows),
-            f"Evaluating {loaded.config.name} on split '{split}' ({len(rows)} images), {runtime.reason}",
+            f"Evaluating {loaded.config.name} on split '{split}' ({counted(len(rows), 'image')}), {runtime.reason}",
         )
     )
     records = screen_modalities(records_from_table(rows), config.allow_modality)

@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mura_cli import choices
+from mura_cli import choices, environment
 
-ENGINE_CACHE_ENV = "MURA_CLI_ENGINE_CACHE"  # folder for engine exports; default ~/.cache/mura-cli/engines
 PROBE_TOLERANCE = 1e-4  # largest probability difference to torch an export may show on the probe batch
 EXPORT_FORMAT = 1  # bump when what is exported changes
 
@@ -52,10 +51,8 @@ def openvino_version() -> str | None:
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get(ENGINE_CACHE_ENV):
-        return Path(os.environ[ENGINE_CACHE_ENV]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "mura-cli" / "engines"
+    """$MURA_CLI_ENGINE_CACHE, default ~/.cache/mura-cli/engines (mura_cli.environment)."""
+    return environment.current().engine_cache_dir
 
 
 def choose_engine(

@@ -9,16 +9,20 @@ model's config.json, where `--precision auto` reads them (device.resolve_precisi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mura_cli.config import PrecisionCheckConfig
+from mura_cli.errors import InputError
 from mura_cli.inference.batches import ImageDataset, InMemory
-from mura_cli.inference.device import Runtime, reduced_candidate
+from mura_cli.inference.device import Runtime, reduced_candidate, resolve_device
 from mura_cli.inference.predictor import Predictor, predict_records
-from mura_cli.model.factory import CONFIG_FILE, LoadedModel
+from mura_cli.inputs.discover import discover
+from mura_cli.model.factory import CONFIG_FILE, LoadedModel, load_model, resolve_model_dir
 
 # the largest deviation from fp32 that is still "a rounding" (issue 16's targets)
 BOUNDS = {"p99": 0.01, "max": 0.03, "flip_share": 0.005, "same_peak_cell": 0.98}
@@ -113,3 +117,28 @@ def record_checks(model_dir: Path, device_kind: str, results: dict[str, dict], n
 
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
     return path
+
+
+@dataclass(frozen=True)
+class PrecisionCheckResult:
+    model: LoadedModel
+    device: torch.device
+    images: int
+    results: dict[str, dict]  # precision -> deviation statistics (check_precisions)
+    recorded_in: Path | None  # the model's config.json, with ``record``
+
+
+def run_precision_check(config: PrecisionCheckConfig) -> PrecisionCheckResult:
+    """`check-precision`: the readable images below ``config.images`` scored in fp32 and in each reduced
+    precision on the chosen device; with ``config.record``, the results stored in the model's config."""
+    loaded = load_model(resolve_model_dir(config.model))
+    device, _ = resolve_device(config.device)
+    records = [r for r in discover(config.images).images if not r.error]
+    if not records:
+        raise InputError(f"{config.images}: no readable images to check")
+    results = check_precisions(loaded, records, device, list(config.precisions) or None, config.batch_size)
+    recorded = None
+    if config.record:
+        note = f"{len(records)} images of {config.images}"
+        recorded = record_checks(loaded.path, device.type, results, note=note)
+    return PrecisionCheckResult(loaded, device, len(records), results, recorded)

@@ -43,6 +43,7 @@ class ImageRecord:
     # modification time changed since its row was written; -1 where unknown
     file_bytes: int = -1
     file_mtime_ns: int = -1
+    study_source: str = "folder"  # what study_id came from: mura (folder names), dicom (its UID) or folder
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Discovery:
     # sha256 over every found image's relative name and size: the same input gives the same value on any
     # machine or mount point (what `merge` compares between shards, which each see the whole input)
     fingerprint: str = ""
+    notices: tuple[str, ...] = ()  # worth a line to the user (e.g. a flat folder grouped as one study)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ def _record(
         patient_id=mura.patient_id,
         body_part=mura.body_part,
         label=mura.label,
+        study_source="mura" if mura.study and mura.body_part and mura.patient_id else "folder",
     )
     if path.is_symlink() and not path.exists():
         return replace(record, error="broken symbolic link or link loop")
@@ -182,9 +185,11 @@ def _with_dicom_header(
     if problem:
         return replace(record, error=problem)
     patient = values.get("PatientID", "") if include_phi else ""
+    uid = values["StudyInstanceUID"]
     return replace(
         record,
-        study_id=values["StudyInstanceUID"] or record.study_id,
+        study_id=uid or record.study_id,
+        study_source="dicom" if uid else record.study_source,
         body_part=values["BodyPartExamined"].upper() or record.body_part,
         patient_id=patient or record.patient_id,
     )
@@ -198,9 +203,18 @@ def _header_error(exc: Exception) -> str:
     return f"unreadable DICOM header ({type(exc).__name__}: {exc})"
 
 
-def discover(input_path: str | Path, include_phi: bool = False, allow_modalities=()) -> Discovery:
-    """Every image below ``input_path`` (a folder or one file), in a stable order. DICOM files of a
-    modality other than CR, DX and ``allow_modalities`` get a reason row instead of a score."""
+def discover(
+    input_path: str | Path, include_phi: bool = False, allow_modalities=(), group_by: str = "auto"
+) -> Discovery:
+    """Every image below ``input_path`` (a folder or one file), in a stable order, grouped into studies
+    by ``group_by`` (see `regroup`). DICOM files of a modality other than CR, DX and
+    ``allow_modalities`` get a reason row instead of a score."""
+    found = _discover(input_path, include_phi, allow_modalities)
+    images = regroup(found.images, group_by, found.root)
+    return replace(found, images=images, notices=_grouping_notices(images, group_by))
+
+
+def _discover(input_path: str | Path, include_phi: bool, allow_modalities) -> Discovery:
     allowed = frozenset(m.strip().upper() for m in allow_modalities)
     given = Path(input_path).expanduser()
     if not given.exists():
@@ -231,6 +245,44 @@ def discover(input_path: str | Path, include_phi: bool = False, allow_modalities
         skipped=skipped,
         skipped_examples=tuple(examples),
         fingerprint=input_fingerprint(images),
+    )
+
+
+def regroup(records, group_by: str, root: Path) -> tuple[ImageRecord, ...]:
+    """Studies by ``group_by``: auto (MURA folder names, else the DICOM StudyInstanceUID, else the
+    folder: what discovery found), folder, image (each image alone) or dicom-study (the UID, else the
+    folder)."""
+    if group_by == "auto":
+        return tuple(records)
+    out = []
+    for r in records:
+        folder = r.rel_path.rsplit("/", 1)[0] if "/" in r.rel_path else printable_name(root.name)
+        if group_by == "image":
+            study, source = r.rel_path, "image"
+        elif group_by == "dicom-study" and r.study_source == "dicom":
+            study, source = r.study_id, "dicom"
+        else:
+            study, source = folder, "folder"
+        out.append(r if r.kind == "folder" else replace(r, study_id=study, study_source=source))
+    return tuple(out)
+
+
+MANY_IMAGES_FOR_ONE_STUDY = 12  # more views than a radiograph study has: likely unrelated images
+
+
+def _grouping_notices(records, group_by: str) -> tuple[str, ...]:
+    """Under auto, a line for each folder whose many images became one study by the folder rule alone."""
+    if group_by != "auto":
+        return ()
+    sizes: dict[str, int] = {}
+    for r in records:
+        if r.study_source == "folder" and r.kind != "folder":
+            sizes[r.study_id] = sizes.get(r.study_id, 0) + 1
+    return tuple(
+        f"{n} images in {study} were grouped as one study (the images of a folder form a study); "
+        "if they are unrelated, --group-by image scores each as a study of its own"
+        for study, n in sizes.items()
+        if n > MANY_IMAGES_FOR_ONE_STUDY
     )
 
 

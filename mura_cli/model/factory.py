@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mura_cli import choices
+from mura_cli import choices, environment
 from mura_cli.config import ModelConfig
 from mura_cli.errors import ModelError
 from mura_cli.model.pooling import use_cell_pooling
@@ -124,9 +124,8 @@ def load_model(directory: str | Path) -> LoadedModel:
 
 def model_search_dirs() -> list[Path]:
     """User models (``$MURA_CLI_MODELS``) first, then the models shipped with mura-cli."""
-    dirs = []
-    if os.environ.get(choices.MODELS_DIR_ENV):
-        dirs.append(Path(os.environ[choices.MODELS_DIR_ENV]).expanduser())
+    user = environment.current().models_dir
+    dirs = [user] if user else []
     try:
         dirs.append(data_dir("models"))
     except FileNotFoundError:
@@ -152,5 +151,5 @@ def resolve_model_dir(name_or_path: str | None) -> Path:
     raise ModelError(
         f"no default model '{name}' is installed yet: pass --model DIR, a folder with {CONFIG_FILE} and "
         f"{WEIGHTS_FILE} (for example one written by `mura-cli train`), or put such a folder under "
-        f"${choices.MODELS_DIR_ENV}/{name}"
+        f"${environment.MODELS_DIR_ENV}/{name}"
     )

@@ -8,6 +8,7 @@ network request; the thumbnails are JPEG files beside it in ``report_files/`` (a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -20,6 +21,8 @@ from mura_cli.choices import RESEARCH_NOTICE
 from mura_cli.errors import ReportError
 from mura_cli.files import atomic_write_bytes
 from mura_cli.inputs.names import printable_name
+from mura_cli.results.record import RunRecord
+from mura_cli.wording import counted
 
 FILES_FOLDER = "report_files"
 
@@ -32,10 +35,10 @@ def _label(value):
     return None if value is None or pd.isna(value) else int(value)
 
 
-def page_data(run: dict, images: pd.DataFrame, studies: pd.DataFrame, thumbs: dict) -> dict:
+def page_data(run: RunRecord, images: pd.DataFrame, studies: pd.DataFrame, thumbs: dict) -> dict:
     """What the page shows, as plain JSON: the run summary and one entry per study with its images.
     ``thumbs`` maps an image path to (thumbnail file, overlay file or None), relative to the page."""
-    root = Path(run.get("input_root") or ".")
+    root = Path(run.input_root or ".")
     by_study: dict[str, list] = {}
     for row in images.to_dict("records"):
         thumb, heat = thumbs.get(row["path"], (None, None))
@@ -60,21 +63,19 @@ def page_data(run: dict, images: pd.DataFrame, studies: pd.DataFrame, thumbs: di
         }
         for row in studies.to_dict("records")
     ]
-    model = run["model"]
+    model = run.model
     run_id = hashlib.sha256(
-        f"{run['started']}|{model['weights_sha256']}|{run.get('input_root')}".encode(
-            "utf-8", "surrogateescape"
-        )
+        f"{run.started}|{model.weights_sha256}|{run.input_root or None}".encode("utf-8", "surrogateescape")
     )
     return {
         "run_id": run_id.hexdigest()[:16],
-        "started": run["started"],
+        "started": run.started,
         "tool": f"mura-cli {__version__}",
-        "model": model["name"],
-        "positive": model["config"].get("positive_class", "abnormal"),
-        "negative": model["config"].get("negative_class", "normal"),
-        "threshold": run["threshold"],
-        "counts": run["counts"],
+        "model": model.name,
+        "positive": model.config.get("positive_class", "abnormal"),
+        "negative": model.config.get("negative_class", "normal"),
+        "threshold": run.threshold,
+        "counts": dataclasses.asdict(run.counts) if run.counts else {},
         "notice": RESEARCH_NOTICE,
         "studies": entries,
     }
@@ -98,7 +99,9 @@ def _write_thumbnails(images: pd.DataFrame, store, out_dir: Path) -> dict:
     return thumbs
 
 
-def write_review_page(run: dict, images: pd.DataFrame, studies: pd.DataFrame, store, out_dir: Path) -> Path:
+def write_review_page(
+    run: RunRecord, images: pd.DataFrame, studies: pd.DataFrame, store, out_dir: Path
+) -> Path:
     from mura_cli.report.render import render_html
 
     try:
@@ -107,7 +110,9 @@ def write_review_page(run: dict, images: pd.DataFrame, studies: pd.DataFrame, st
         # name) may reach the HTML parser, so <, > and & travel as JSON escapes
         text = json.dumps(data, ensure_ascii=False)
         text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        html = render_html("review.html.j2", data_json=text, title=f"{data['model']}: {len(studies)} studies")
+        html = render_html(
+            "review.html.j2", data_json=text, title=f"{data['model']}: {counted(len(studies), 'study')}"
+        )
         encoded = html.encode("utf-8", "backslashreplace")
     except (OSError, KeyError, ValueError) as exc:
         raise ReportError(f"report.html could not be written ({type(exc).__name__}: {exc})") from None

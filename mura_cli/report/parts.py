@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mura_cli.environment import child_environment
 from mura_cli.errors import ReportError
 from mura_cli.report.worker import answer
 
@@ -68,11 +69,10 @@ class _Pool:
 
     def _start(self) -> subprocess.Popen:
         package_root = str(Path(__file__).resolve().parents[2])  # importable even from a bare checkout
-        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # never import from the working directory
         return subprocess.Popen(
             [sys.executable, *safe_path, "-m", "mura_cli.report.worker"],
-            env={**os.environ, "PYTHONPATH": path},
+            env=child_environment(python_path_first=package_root),
             cwd=self.folder,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

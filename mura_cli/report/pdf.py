@@ -10,6 +10,7 @@ import pandas as pd
 
 from mura_cli.report.parts import Part, default_workers, render_parts
 from mura_cli.report.render import add_picture, render_html, write_pdf
+from mura_cli.results.record import RunRecord
 
 HEATMAP_NAMES = {
     "cam": "Grad-CAM (closed form from the forward pass)",
@@ -20,11 +21,11 @@ HEATMAP_NAMES = {
 LSE_HEATMAP_NAME = "the model's own cell scores, which its probability is pooled from (closed form)"
 
 
-def heatmap_name(run: dict) -> str:
+def heatmap_name(run: RunRecord) -> str:
     """How the report names the heatmaps of this run: a model with ``pooling: lse`` decides from the
     map itself (mura_cli.pooling), which is more than a Grad-CAM explanation beside the decision."""
-    method = run["runtime"]["heatmap_method"]
-    if method == "cam" and run["model"]["config"].get("pooling") == "lse":
+    method = run.runtime.heatmap_method
+    if method == "cam" and run.model.config.get("pooling") == "lse":
         return LSE_HEATMAP_NAME
     return HEATMAP_NAMES.get(method, "none")
 
@@ -57,9 +58,9 @@ def _image_entries(images: pd.DataFrame) -> dict[str, list[dict]]:
     return by_study
 
 
-def _study_rows(run: dict, images: pd.DataFrame, studies: pd.DataFrame) -> list[dict]:
+def _study_rows(run: RunRecord, images: pd.DataFrame, studies: pd.DataFrame) -> list[dict]:
     """Studies by descending probability, each with its images (pictures are attached per part)."""
-    cfg = run["model"]["config"]
+    cfg = run.model.config
     by_study = _image_entries(images)
     ordered = studies.sort_values("probability", ascending=False, na_position="last", kind="stable")
     rows = []
@@ -155,11 +156,16 @@ def _score_parts(context: dict, rows: list[dict], failures: list[dict], visuals,
 
 
 def render_score_report(
-    run: dict, images: pd.DataFrame, studies: pd.DataFrame, visuals, path: Path, workers: int | None = None
+    run: RunRecord,
+    images: pd.DataFrame,
+    studies: pd.DataFrame,
+    visuals,
+    path: Path,
+    workers: int | None = None,
 ) -> Path:
     """``visuals.get(rel_path)`` gives an image's Thumbnails (or None). A report longer than one part
     renders on ``workers`` processes (default: one per core, up to 8)."""
-    cfg = run["model"]["config"]
+    cfg = run.model.config
     context = {
         "run": run,
         "unscored": int(studies["prediction"].isna().sum()),
@@ -184,9 +190,10 @@ def _metric_rows(level: dict) -> list[dict]:
         row = {"name": name, "n": values["n"], "n_positive": values["n_positive"]}
         for metric in ("auroc", "kappa", "sensitivity", "specificity", "accuracy", "f1"):
             value, ci = values[metric]["value"], values[metric]["ci"]
-            row[metric] = (
-                "-" if value is None else f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
-            )
+            row[metric] = {
+                "value": "-" if value is None else f"{value:.3f}",
+                "ci": f"{ci[0]:.3f}\u2013{ci[1]:.3f}" if value is not None and ci else "",
+            }
         rows.append(row)
     return rows
 

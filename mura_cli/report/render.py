@@ -13,6 +13,7 @@ from mura_cli.choices import RESEARCH_NOTICE
 from mura_cli.errors import ReportError
 from mura_cli.files import atomic_write_bytes
 from mura_cli.resources import data_dir
+from mura_cli.wording import counted
 
 PICTURE_SCHEME = "mura-picture"
 
@@ -32,6 +33,7 @@ def create_environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["css_string"] = css_string
+    env.filters["counted"] = counted  # {{ n|counted("study") }}
     return env
 
 

@@ -8,35 +8,31 @@ results (unless ``overwrite``). Each refusal is one line naming the folder."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
 
+from mura_cli.config import MergeConfig
 from mura_cli.errors import InputError, writes_into
 from mura_cli.results.folder import RESULT_FILES, check_out_dir, read_images_csv
+from mura_cli.results.record import RunRecord, read_run_record, write_run_record
 from mura_cli.results.shard import walk_order_key
-from mura_cli.results.writers import write_csv, write_json
+from mura_cli.results.writers import write_csv
 
 # run.json config fields that may differ between shards (where and how fast, not what)
 _FREE_SETTINGS = {"input", "out_dir", "shard", "workers", "batch_size", "device", "model", "pdf"}
 
 
-def _load_shard(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+def _load_shard(folder: Path) -> tuple[RunRecord, pd.DataFrame, pd.DataFrame]:
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    try:
-        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError(f"{folder}: no readable run.json (not a finished score run)") from None
-    shard = run.get("shard") if isinstance(run, dict) else None
-    if not isinstance(run, dict) or run.get("status") != "finished" or not isinstance(shard, dict):
+    run = read_run_record(folder)
+    if run.status != "finished" or run.shard is None:
         raise InputError(f"{folder}: not a finished `score --shard I/N` run")
-    missing = [
-        key for key in ("config", "model", "counts", "runtime", "threshold", "aggregation") if key not in run
-    ]
-    if missing or not {"index", "count"} <= set(shard):
-        raise InputError(f"{folder}: run.json lacks {', '.join(missing) or 'shard index and count'}")
+    missing = [key for key in ("counts", "runtime", "threshold", "aggregation") if getattr(run, key) is None]
+    if missing:
+        raise InputError(f"{folder}: run.json lacks {', '.join(missing)}")
     for name in ("images.csv", "studies.csv"):
         if not (folder / name).is_file():
             raise InputError(f"{folder}: {name} is missing")
@@ -50,31 +46,31 @@ def _load_shard(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         images = read_images_csv(folder / "images.csv")
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise InputError(f"{folder}: images.csv or studies.csv cannot be read ({exc})") from None
-    counts = run["counts"]
-    if len(images) != counts.get("images") or len(studies) != counts.get("studies"):
+    counts = run.counts
+    if len(images) != counts.images or len(studies) != counts.studies:
         raise InputError(
             f"{folder}: images.csv has {len(images)} rows and studies.csv {len(studies)}, but run.json "
-            f"counts {counts.get('images')} images and {counts.get('studies')} studies (damaged or "
+            f"counts {counts.images} images and {counts.studies} studies (damaged or "
             "truncated)"
         )
     return run, images, studies
 
 
-def _settings(run: dict) -> dict:
+def _settings(run: RunRecord) -> dict:
     return {
-        "config": {k: v for k, v in run["config"].items() if k not in _FREE_SETTINGS},
-        "input": run.get("input_fingerprint") or run.get("input_root"),
-        "model": run["model"].get("config"),
-        "weights_sha256": run["model"].get("weights_sha256"),
-        "precision": run["runtime"].get("precision"),
-        "heatmap_method": run["runtime"].get("heatmap_method"),
-        "threshold": run["threshold"],
-        "aggregation": run["aggregation"],
-        "shard count": run["shard"]["count"],
+        "config": {k: v for k, v in run.config.items() if k not in _FREE_SETTINGS},
+        "input": run.input_fingerprint or run.input_root,
+        "model": run.model.config,
+        "weights_sha256": run.model.weights_sha256,
+        "precision": run.runtime.precision,
+        "heatmap_method": run.runtime.heatmap_method,
+        "threshold": run.threshold,
+        "aggregation": run.aggregation,
+        "shard count": run.shard.count,
     }
 
 
-def _check(runs: list[dict], folders: list[Path]) -> int:
+def _check(runs: list[RunRecord], folders: list[Path]) -> int:
     first = _settings(runs[0])
     for run, folder in zip(runs[1:], folders[1:]):
         theirs = _settings(run)
@@ -87,7 +83,7 @@ def _check(runs: list[dict], folders: list[Path]) -> int:
         if differ:
             raise InputError(f"{folder}: scored with other settings than {folders[0]}: {'; '.join(differ)}")
     count = first["shard count"]
-    have = sorted(run["shard"]["index"] for run in runs)
+    have = sorted(run.shard.index for run in runs)
     if have != list(range(count)):
         missing = sorted(set(range(count)) - set(have))
         raise InputError(
@@ -107,26 +103,24 @@ def _check_disjoint(loaded: list, folders: list[Path]) -> None:
                 owner[key] = folder
 
 
-def merge_shards(
-    folders: list[str | Path], out_dir: str | Path, pdf: bool = False, overwrite: bool = False
-) -> dict:
+def merge_shards(config: MergeConfig) -> RunRecord:
     """One results folder from finished shards; a full or read-only --out is one OutputError line."""
     with writes_into(
-        Path(out_dir),
+        Path(config.out_dir),
         "the shards are untouched: make room (or fix the permission) and merge again with --overwrite",
     ):
-        return _merge(folders, Path(out_dir), pdf, overwrite)
+        return _merge(list(config.shards), Path(config.out_dir), config.pdf, config.overwrite)
 
 
-def _merge(folders: list[str | Path], out: Path, pdf: bool, overwrite: bool) -> dict:
+def _merge(folders: list[str | Path], out: Path, pdf: bool, overwrite: bool) -> RunRecord:
     folders = [Path(f) for f in folders]
     check_out_dir(out, RESULT_FILES, inputs=folders, overwrite=overwrite, can_resume=False)
     loaded = [_load_shard(f) for f in folders]
     runs = [run for run, _, _ in loaded]
     count = _check(runs, folders)
     _check_disjoint(loaded, folders)
-    if pdf and not all(run["config"].get("pdf") for run in runs):
-        bare = next(f for f, run in zip(folders, runs) if not run["config"].get("pdf"))
+    if pdf and not all(run.config.get("pdf") for run in runs):
+        bare = next(f for f, run in zip(folders, runs) if not run.config.get("pdf"))
         raise InputError(
             f"{bare}: scored without --pdf, so it kept no thumbnails for merge --pdf; score the shards "
             "with --pdf, or merge without it"
@@ -153,7 +147,7 @@ def _merge(folders: list[str | Path], out: Path, pdf: bool, overwrite: bool) -> 
         render_score_report(
             run, images, studies, _Stores([ThumbStore(f) for f in folders]), out / "report.pdf"
         )
-    write_json(run, out / "run.json")
+    write_run_record(run, out)
     return run
 
 
@@ -165,25 +159,30 @@ class _Stores:
         return next((t for s in self.stores if (t := s.get(rel_path)) is not None), None)
 
 
-def _merged_run(runs: list[dict], images: pd.DataFrame, studies: pd.DataFrame, folders, count: int) -> dict:
-    run = {
-        k: v
-        for k, v in runs[0].items()
-        if k not in ("shard", "seconds", "resumed_images", "resumed_changed_images")
-    }
+def _merged_run(
+    runs: list[RunRecord], images: pd.DataFrame, studies: pd.DataFrame, folders, count: int
+) -> RunRecord:
     failed = int((images["error"].fillna("") != "").sum())
-    run["counts"] = {
-        **runs[0]["counts"],
-        "images": len(images),
-        "scored": len(images) - failed,
-        "failed": failed,
-        "studies": len(studies),
-        "positive_studies": int((studies["prediction"] == 1).sum()),
-        "negative_studies": int((studies["prediction"] == 0).sum()),
-    }
-    run["merged_from"] = [
-        {"folder": str(f.resolve()), "shard": r["shard"], "seconds": r.get("seconds", {})}
+    counts = replace(
+        runs[0].counts,
+        images=len(images),
+        scored=len(images) - failed,
+        failed=failed,
+        studies=len(studies),
+        positive_studies=int((studies["prediction"] == 1).sum()),
+        negative_studies=int((studies["prediction"] == 0).sum()),
+    )
+    merged_from = tuple(
+        {"folder": str(f.resolve()), "shard": asdict(r.shard), "seconds": r.seconds}
         for f, r in zip(folders, runs)
-    ]
-    run["shards"] = count
-    return run
+    )
+    return replace(
+        runs[0],
+        counts=counts,
+        shard=None,
+        seconds={},
+        resumed_images=0,
+        resumed_changed_images=0,
+        merged_from=merged_from,
+        shards=count,
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
-import json
 import os
 import platform
 import shutil
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mura_cli import __version__
+from mura_cli import __version__, environment
 from mura_cli.choices import ExitCode
 from mura_cli.config import ScoreConfig
 from mura_cli.errors import InputError, OutputError, ReportError, is_write_failure, write_failure_message
@@ -36,15 +35,25 @@ from mura_cli.report.thumbnailer import Thumbnailer, thumbnail_threads
 from mura_cli.report.thumbstore import ThumbStore
 from mura_cli.results import lock as folder_lock
 from mura_cli.results.folder import RESULT_FILES, check_out_dir, check_out_location, read_images_csv
+from mura_cli.results.record import (
+    Counts,
+    ModelIdentity,
+    RunRecord,
+    Runtime,
+    Tool,
+    read_run_record,
+    write_run_record,
+)
 from mura_cli.results.shard import parse_shard
-from mura_cli.results.writers import write_csv, write_json
+from mura_cli.results.writers import write_csv
+from mura_cli.wording import counted
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
     """What the library tells a caller while it works (the CLI draws it; the library prints nothing)."""
 
-    stage: str  # 'start' | 'images' | 'report'
+    stage: str  # 'notice' | 'start' | 'images' | 'report'
     done: int = 0
     total: int = 0
     message: str = ""
@@ -55,7 +64,7 @@ class ScoreResult:
     out_dir: Path
     images: pd.DataFrame
     studies: pd.DataFrame
-    run: dict
+    run: RunRecord
     files: dict[str, Path]
     exit_code: ExitCode
     report_error: str = ""
@@ -95,18 +104,16 @@ def _finished_rows(out_dir: Path, weights_sha256: str, input_root: Path | None) 
     if not (out_dir / "images.csv").is_file():
         raise InputError(f"{out_dir}: nothing to resume (no images.csv)")
     try:
-        record = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
-        earlier = record["model"]["weights_sha256"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
-        raise InputError(
-            f"{out_dir}: run.json is missing or unreadable; cannot check what made images.csv"
-        ) from None
+        record = read_run_record(out_dir)
+    except InputError as exc:
+        raise InputError(f"{exc}; cannot check what made images.csv") from None
+    earlier = record.model.weights_sha256
     if earlier != weights_sha256:
         raise InputError(
             f"{out_dir}: its results come from another model (weights sha256 {earlier[:12]}...); "
             "resume with the same --model, or use --overwrite"
         )
-    earlier_root = record.get("input_root")
+    earlier_root = record.input_root
     # run.json holds names as written (mura_cli.inputs.names): compare like with like
     if input_root is not None and earlier_root and earlier_root != printable_name(str(input_root)):
         raise InputError(
@@ -224,63 +231,57 @@ def _run_record(
     threshold,
     started,
     seconds_model,
-) -> dict:
+) -> RunRecord:
     """What run.json holds: versions, configuration, model identity, runtime choices, counts, timings."""
     failed = int((images["error"] != "").sum())
-    return {
-        "tool": {
-            "name": "mura-cli",
-            "version": __version__,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
-        "started": started,
-        "config": config.to_dict(),
-        "input_root": str(discovery.root),
-        "input_fingerprint": discovery.fingerprint,
-        "model": {
-            "name": loaded.config.name,
-            "path": str(loaded.path.resolve()),
-            "weights_sha256": loaded.weights_sha256,
-            "config": loaded.config.to_dict(),
-        },
-        "runtime": {
-            "device": str(runtime.device),
-            "precision": runtime.precision,
-            "reason": runtime.reason,
-            "workers": workers,
-            "batch_size": config.batch_size,
-            "heatmap_method": predictor.heatmap_method,
-            "engine": predictor.engine.to_dict(),
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        },
-        "aggregation": method,
-        "threshold": threshold,
-        "counts": {
-            "images": len(images),
-            "scored": len(images) - failed,
-            "failed": failed,
-            "studies": len(studies),
-            "skipped_files": discovery.skipped,
-            "positive_studies": int((studies["prediction"] == 1).sum()),
-            "negative_studies": int((studies["prediction"] == 0).sum()),
-        },
-        "seconds": {
+    return replace(
+        _start_record(config, loaded, started, discovery.root, discovery.notices),
+        tool=Tool(version=__version__, python=platform.python_version(), torch=torch.__version__),
+        input_fingerprint=discovery.fingerprint,
+        model=ModelIdentity(
+            loaded.config.name, loaded.weights_sha256, str(loaded.path.resolve()), loaded.config.to_dict()
+        ),
+        runtime=Runtime(
+            device=str(runtime.device),
+            precision=runtime.precision,
+            reason=runtime.reason,
+            workers=workers,
+            batch_size=config.batch_size,
+            heatmap_method=predictor.heatmap_method,
+            engine=predictor.engine.to_dict(),
+            glibc_tunables=environment.current().glibc_tunables,
+        ),
+        aggregation=method,
+        threshold=threshold,
+        counts=Counts(
+            images=len(images),
+            scored=len(images) - failed,
+            failed=failed,
+            studies=len(studies),
+            skipped_files=discovery.skipped,
+            positive_studies=int((studies["prediction"] == 1).sum()),
+            negative_studies=int((studies["prediction"] == 0).sum()),
+        ),
+        seconds={
             "model": round(seconds_model, 3),
             "images_per_second": round(len(images) / max(seconds_model, 1e-9), 2),
         },
-    }
+    )
 
 
-def _start_record(config: ScoreConfig, loaded, started: str) -> dict:
+def _start_record(
+    config: ScoreConfig, loaded, started: str, input_root: Path, notices: tuple[str, ...] = ()
+) -> RunRecord:
     """Written before the first image, so that a later --resume can check which model made the rows."""
-    return {
-        "status": "running",
-        "tool": {"name": "mura-cli", "version": __version__},
-        "started": started,
-        "config": config.to_dict(),
-        "model": {"name": loaded.config.name, "weights_sha256": loaded.weights_sha256},
-    }
+    return RunRecord(
+        status="running",
+        started=started,
+        tool=Tool(version=__version__),
+        config=config.to_dict(),
+        model=ModelIdentity(loaded.config.name, loaded.weights_sha256),
+        input_root=str(input_root),
+        notices=notices,
+    )
 
 
 def score_folder(
@@ -297,7 +298,14 @@ def score_folder(
     started, clock = _now(), time.perf_counter()
     loaded = load_model(resolve_model_dir(config.model))
     runtime = create_runtime(config.device, config.precision, loaded.config.precision_checks)
-    discovery = discover(config.input, include_phi=config.include_phi, allow_modalities=config.allow_modality)
+    discovery = discover(
+        config.input,
+        include_phi=config.include_phi,
+        allow_modalities=config.allow_modality,
+        group_by=config.group_by,
+    )
+    for notice in discovery.notices:
+        notify(ProgressEvent("notice", message=notice))
     shard = parse_shard(config.shard) if config.shard else None
     if shard is not None:
         discovery = replace(discovery, images=tuple(r for r in discovery.images if shard.holds(r.study_id)))
@@ -329,9 +337,9 @@ def _output_failed(out_dir: Path, exc: OSError, restore: bool) -> OutputError:
     """Mark run.json failed (where the disk still allows it), put back the results that --overwrite was
     replacing, and say in one line what could not be written and why."""
     message = write_failure_message(exc, out_dir)
-    with contextlib.suppress(OSError, ValueError):
-        record = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
-        write_json({**record, "status": "failed", "error": message, "finished": _now()}, out_dir / "run.json")
+    with contextlib.suppress(OSError, InputError):
+        record = read_run_record(out_dir)
+        write_run_record(replace(record, status="failed", error=message, finished=_now()), out_dir)
     previous = out_dir / PREVIOUS_FOLDER
     if restore and previous.is_dir():
         ThumbStore(out_dir).clear()
@@ -366,9 +374,7 @@ def _score_into(
     if _keeps_thumbnails(config) and len(done):  # rows scored without --pdf/--html have no thumbnails: again
         store = ThumbStore(out_dir)
         done = done[[store.has(path) for path in done["path"]]].reset_index(drop=True)
-    write_json(
-        {**_start_record(config, loaded, started), "input_root": str(discovery.root)}, out_dir / "run.json"
-    )
+    write_run_record(_start_record(config, loaded, started, discovery.root, discovery.notices), out_dir)
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     predictor = Predictor(
         loaded,
@@ -383,7 +389,7 @@ def _score_into(
             "start",
             len(done),
             len(discovery.images),
-            f"Scoring {len(discovery.images)} images with {loaded.config.name} on {runtime.reason}; "
+            f"Scoring {counted(len(discovery.images), 'image')} with {loaded.config.name} on {runtime.reason}; "
             f"engine: {predictor.engine.reason}"
             + (f" ({len(done)} already done, resuming)" if len(done) else "")
             + (f"; {changed} changed since they were scored, scored again" if changed else ""),
@@ -414,14 +420,18 @@ def _score_into(
         started,
         seconds_model,
     )
-    run["resumed_images"], run["resumed_changed_images"] = len(done), changed
-    run["shard"] = {"index": shard.index, "count": shard.count} if shard else None
-    report_error = _report(
+    run = replace(
+        run,
+        resumed_images=len(done),
+        resumed_changed_images=changed,
+        shard=shard,
+    )
+    report_error, report_seconds = _report(
         config, run, images, studies, out_dir, files, notify, keep_thumbnails=shard is not None
     )
-    run["status"], run["finished"], run["report_error"] = "finished", _now(), report_error
-    run["seconds"]["total"] = round(time.perf_counter() - clock, 3)
-    files["run.json"] = write_json(run, out_dir / "run.json")
+    seconds = {**run.seconds, **report_seconds, "total": round(time.perf_counter() - clock, 3)}
+    run = replace(run, status="finished", finished=_now(), report_error=report_error, seconds=seconds)
+    files["run.json"] = write_run_record(run, out_dir)
     scored = len(images) - len(failures)
     code = ExitCode.FATAL if scored == 0 else ExitCode.PARTIAL if failures or report_error else ExitCode.OK
     return ScoreResult(out_dir, images, studies, run, files, code, report_error, failures)
@@ -432,13 +442,13 @@ def _keeps_thumbnails(config) -> bool:
 
 
 def _report(
-    config, run, images, studies, out_dir: Path, files: dict, notify, keep_thumbnails: bool = False
-) -> str:
+    config, run: RunRecord, images, studies, out_dir: Path, files: dict, notify, keep_thumbnails: bool = False
+) -> tuple[str, dict]:
     """Write report.html and report.pdf from the thumbnails kept on disk; returns the errors, if any
-    (the CSVs stay whatever happens here)."""
-    if not _keeps_thumbnails(config) or not run["counts"]["scored"]:
-        return ""
-    store, errors = ThumbStore(out_dir), []
+    (the CSVs stay whatever happens here), and the seconds the PDF took."""
+    if not _keeps_thumbnails(config) or not run.counts.scored:
+        return "", {}
+    store, errors, seconds = ThumbStore(out_dir), [], {}
     if config.html:
         from mura_cli.report.html import write_review_page
 
@@ -447,7 +457,11 @@ def _report(
         except ReportError as exc:
             errors.append(str(exc))
     if config.pdf:
-        notify(ProgressEvent("report", 0, len(studies), f"Writing the PDF report ({len(studies)} studies)"))
+        notify(
+            ProgressEvent(
+                "report", 0, len(studies), f"Writing the PDF report ({counted(len(studies), 'study')})"
+            )
+        )
         t_report = time.perf_counter()
         try:
             from mura_cli.report.pdf import render_score_report
@@ -456,7 +470,7 @@ def _report(
         except ReportError as exc:
             errors.append(str(exc))
         finally:
-            run["seconds"]["report"] = round(time.perf_counter() - t_report, 3)
+            seconds["report"] = round(time.perf_counter() - t_report, 3)
     if not keep_thumbnails and not errors:  # a shard keeps them for `mura-cli merge --pdf`
         store.clear()
-    return "; ".join(errors)
+    return "; ".join(errors), seconds

@@ -18,20 +18,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mura_cli import environment
 from mura_cli.config import ModelConfig
 from mura_cli.files import atomic_write_bytes
 from mura_cli.inference.batches import ImageDataset, _worker_init
 from mura_cli.inputs.discover import ImageRecord
 
-CACHE_ENV = "MURA_CLI_CACHE"  # folder for decoded caches; default ~/.cache/mura-cli/decoded
 FORMAT = 1
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "mura-cli" / "decoded"
+    """$MURA_CLI_CACHE, default ~/.cache/mura-cli/decoded (mura_cli.environment)."""
+    return environment.current().decoded_cache_dir
 
 
 def cache_key(records: Sequence[ImageRecord], model_cfg: ModelConfig) -> str:

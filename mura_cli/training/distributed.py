@@ -4,11 +4,12 @@ Outside torchrun (no WORLD_SIZE > 1 in the environment) everything here is a no-
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from mura_cli import environment
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,10 @@ class DistInfo:
 
 def init_distributed(device: str) -> DistInfo:
     """Join the process group torchrun describes; NCCL when this run uses CUDA, else gloo."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    env = environment.current()
+    if env.world_size <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(env.rank, env.world_size, env.local_rank)
     if not dist.is_initialized():
         use_cuda = device != "cpu" and torch.cuda.is_available()
         if use_cuda:
