@@ -459,6 +459,15 @@ class EvalConfig:
         0.9, "Operating point: the highest threshold reaching this sensitivity.", min=0.01, max=0.99
     )
     pdf: bool = option(False, "Also write report.pdf.")
+    html: bool = option(
+        False, "Also write report.html: every study with its heatmaps, to sort, filter and review offline."
+    )
+    gallery: int = option(
+        8,
+        "Reports (--pdf, --html): show this many of the most confident false positives and of the false "
+        "negatives, with heatmaps and boxes (0: none).",
+        min=0,
+    )
     tta: str = option("none", _TTA_HELP, choice=choices.TTA)
     engine: str = option("auto", _ENGINE_HELP, choice=choices.Engine)
     pointing_tolerance: float = option(

@@ -149,3 +149,67 @@ def test_review_marks_survive_a_reload_and_their_csv_is_a_labels_manifest_for_ev
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["study"]["overall"]["n"] == 2
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model):
+    """`evaluate --html --pdf --boxes` of a labelled MURA-layout folder with the random-weight model,
+    whose answers are wrong often enough for both kinds of error."""
+    from conftest import learnable_mura
+
+    root = tmp_path_factory.mktemp("evaluated")
+    data = learnable_mura(root / "data", patients=16, seed=3)
+    boxes = root / "boxes.csv"
+    paths = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
+    boxes.write_text("path,x0,y0,x1,y1\n" + "".join(f"{p},10,12,40,44\n" for p in paths))
+    model = root / "model"
+    shutil.copytree(tiny_model, model)
+    common = ["--model", str(model), "--workers", "0", "--bootstrap", "50", "-q"]
+    first = runner.invoke(app, ["evaluate", str(data), "--out", str(root / "first"), *common])
+    assert first.exit_code == 0, first.output
+    config = json.loads((model / "config.json").read_text())  # the median as threshold: both decisions occur
+    config["threshold"] = float(pd.read_csv(root / "first" / "studies.csv")["probability"].median())
+    (model / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(
+        app,
+        [
+            "evaluate", str(data), "--out", str(root / "ev"), "--boxes", str(boxes), "--html", "--pdf",
+            "--gallery", "3", "--no-deletion", *common,
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return root / "ev"
+
+
+def test_evaluate_html_shows_the_most_confident_errors_and_opens_them(evaluated):
+    from pypdf import PdfReader
+
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    studies = pd.read_csv(evaluated / "studies.csv").set_index("study_id")
+    fp, fn = metrics["gallery"]["false positive"], metrics["gallery"]["false negative"]
+    assert fp and fn and len(fp) <= 3 and len(fn) <= 3
+    assert studies.loc[fp, "probability"].is_monotonic_decreasing and (studies.loc[fp, "label"] == 0).all()
+    assert studies.loc[fn, "probability"].is_monotonic_increasing and (studies.loc[fn, "label"] == 1).all()
+    wrong = studies[studies["label"] != studies["prediction"]]
+    assert studies.loc[fp[0], "probability"] == wrong[wrong["label"] == 0]["probability"].max()
+    text = "\n".join(p.extract_text() for p in PdfReader(evaluated / "report.pdf").pages)
+    assert "Most confident errors" in text and fp[0] in text and fn[0] in text
+
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        requests = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto((evaluated / "report.html").as_uri())
+        cards = page.locator("#gallery figure")
+        assert cards.count() == len(fp) + len(fn)
+        assert page.locator("#gallery-fn figure").nth(0).get_attribute("data-study") == fn[0]
+        page.locator("#gallery-fn figure").nth(0).click()
+        assert page.locator("#viewer").get_attribute("class") == "open"
+        assert page.locator("#vtitle").inner_text().startswith(fn[0])
+        assert page.locator("#outcome").input_value() == "fn"
+        page.keyboard.press("Escape")
+        shown = page.locator("tbody tr td:nth-child(2)").all_inner_texts()
+        assert shown[0] == fn[0] and set(shown) == set(wrong[wrong["label"] == 1].index)  # all misses
+        assert all(url.startswith("file:") or url.startswith("data:") for url in requests)
+        browser.close()

@@ -94,3 +94,19 @@ def test_a_study_taller_than_a_page_leaves_no_blank_page(tmp_path, tiny_model):
     pages = reader.pages[1:]  # the summary page has no pictures
     assert pages and all(len(page.images) > 0 for page in pages), [len(p.images) for p in pages]
     assert "image00.png" in pages[0].extract_text()  # the study starts under its heading
+
+
+def test_error_gallery_picks_the_most_confident_mistakes_of_each_kind():
+    from mura_cli.evaluation.gallery import pick_errors
+
+    studies = pd.DataFrame(
+        {
+            "study_id": ["a", "b", "c", "d", "e", "f", "g"],
+            "label": [0, 0, 0, 1, 1, 1, 1],
+            "prediction": [1, 1, 0, 0, 0, 1, pd.NA],
+            "probability": [0.7, 0.9, 0.1, 0.2, 0.05, 0.95, pd.NA],
+        }
+    )
+    assert pick_errors(studies, 5) == {"false positive": ["b", "a"], "false negative": ["e", "d"]}
+    assert pick_errors(studies, 1) == {"false positive": ["b"], "false negative": ["e"]}
+    assert pick_errors(studies, 0) == {}

@@ -330,6 +330,8 @@ def evaluate(
     engine: choices.Engine = opt(EvalConfig, "engine"),
     allow_modality: list[str] = opt(EvalConfig, "allow_modality"),
     pdf: bool = opt(EvalConfig, "pdf"),
+    html: bool = opt(EvalConfig, "html"),
+    gallery: int = opt(EvalConfig, "gallery"),
     bootstrap: int = opt(EvalConfig, "bootstrap"),
     target_sensitivity: float = opt(EvalConfig, "target_sensitivity"),
     seed: int = opt(EvalConfig, "seed"),

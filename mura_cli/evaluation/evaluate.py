@@ -16,6 +16,7 @@ from mura_cli import __version__
 from mura_cli.config import EvalConfig
 from mura_cli.errors import writes_into
 from mura_cli.evaluation import metrics
+from mura_cli.evaluation.gallery import gallery_entries, pick_errors
 from mura_cli.inference.aggregate import aggregate_studies
 from mura_cli.inference.batches import default_workers
 from mura_cli.inference.device import create_runtime
@@ -24,11 +25,13 @@ from mura_cli.inputs import boxes as box_geometry
 from mura_cli.inputs.datasets import read_dataset, select_split
 from mura_cli.inputs.discover import records_from_table, screen_modalities
 from mura_cli.model.factory import load_model, resolve_model_dir
+from mura_cli.report.images import make_thumbnails
 from mura_cli.results.folder import check_out_dir
+from mura_cli.results.record import Counts, ModelIdentity, RunRecord, Tool
 from mura_cli.results.writers import write_csv, write_json
 from mura_cli.wording import counted
 
-RESULT_FILES = ("metrics.json", "studies.csv", "images.csv", "per_body_part.csv", "report.pdf")
+RESULT_FILES = ("metrics.json", "studies.csv", "images.csv", "per_body_part.csv", "report.pdf", "report.html")
 
 
 @dataclass(frozen=True)
@@ -95,25 +98,27 @@ LOCALISATION_COLUMNS = [
 
 
 def predict_table(
-    records: list, predictor: Predictor, config: EvalConfig, boxes: dict, notify
+    records: list, predictor: Predictor, config: EvalConfig, boxes: dict, notify, pictures: dict | None = None
 ) -> pd.DataFrame:
+    """One row per image (probability, heatmap peak, localisation); with ``pictures``, each image's
+    thumbnail and heatmap overlay (boxes drawn) go into it, by path, for the reports."""
     runtime = predictor.runtime
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     out, done = [], 0
     for result in predict_records(predictor, records, config.batch_size, workers):
         for k, i in enumerate(result.indices):
             row = result.image_row(records[i], k)
+            shown = box_geometry.boxes_for(records[i].rel_path, boxes)
             row.update(
                 label=records[i].label,
                 patient_id=records[i].patient_id,
-                **_localise(
-                    result,
-                    k,
-                    row,
-                    box_geometry.boxes_for(records[i].rel_path, boxes),
-                    config.pointing_tolerance,
-                ),
+                **_localise(result, k, row, shown, config.pointing_tolerance),
             )
+            if pictures is not None and not result.errors[k]:
+                heat = result.heatmaps[k] if result.heatmaps is not None else None
+                pictures[row["path"]] = make_thumbnails(
+                    result.canvases[k, 0].numpy(), result.geometry(k), heat, shown
+                )
             out.append(row)
         done += len(result.indices)
         notify(EvalEvent("images", done, len(records)))
@@ -307,10 +312,16 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
         )
     )
     records = screen_modalities(records_from_table(rows), config.allow_modality)
+    pictures = {} if config.pdf or config.html else None
     predictor = Predictor(
-        loaded, runtime, heatmaps=True, keep_maps=bool(boxes), tta=config.tta, engine=config.engine
+        loaded,
+        runtime,
+        heatmaps=True,
+        keep_maps=bool(boxes) or pictures is not None,
+        tta=config.tta,
+        engine=config.engine,
     )
-    images = predict_table(records, predictor, config, boxes, notify)
+    images = predict_table(records, predictor, config, boxes, notify, pictures)
     if boxes and config.deletion:
         images = add_deletion_test(images, records, loaded, runtime, config, boxes, notify)
     threshold, method = loaded.config.threshold, loaded.config.aggregation
@@ -339,14 +350,47 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
         "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "unit": "study"},
     }
     files = _write(out_dir, images, studies, result)
+    picked = pick_errors(studies, config.gallery) if pictures is not None else {}
+    result["gallery"] = picked
     if config.pdf:
         notify(EvalEvent("report", message="Writing the PDF report"))
         from mura_cli.report.pdf import render_eval_report
 
-        files["report.pdf"] = render_eval_report(result, out_dir, out_dir / "report.pdf")
+        entries = gallery_entries(picked, images, studies, pictures)
+        files["report.pdf"] = render_eval_report(result, out_dir, out_dir / "report.pdf", entries)
+    if config.html:
+        from mura_cli.report.html import write_review_page
+
+        record = _review_record(config, loaded, started, images, studies, threshold, method)
+        files["report.html"] = write_review_page(record, images, studies, pictures, out_dir, picked)
     result["run"]["seconds"] = round(time.perf_counter() - clock, 2)
     files["metrics.json"] = write_json(result, out_dir / "metrics.json")
     return EvalResult(out_dir, result, images, studies, files)
+
+
+def _review_record(config: EvalConfig, loaded, started: str, images, studies, threshold, method) -> RunRecord:
+    """What the review page shows of this evaluation (the page is shared with `score --html`)."""
+    data = Path(config.data).expanduser().resolve()
+    failed = int(images["probability"].isna().sum())
+    return RunRecord(
+        status="finished",
+        started=started,
+        tool=Tool(version=__version__),
+        config=config.to_dict(),
+        model=ModelIdentity(loaded.config.name, loaded.weights_sha256),
+        input_root=str(data if data.is_dir() else data.parent),
+        aggregation=method,
+        threshold=threshold,
+        counts=Counts(
+            images=len(images),
+            scored=len(images) - failed,
+            failed=failed,
+            studies=len(studies),
+            skipped_files=0,
+            positive_studies=int((studies["prediction"] == 1).sum()),
+            negative_studies=int((studies["prediction"] == 0).sum()),
+        ),
+    )
 
 
 def _write(out_dir: Path, images: pd.DataFrame, studies: pd.DataFrame, result: dict) -> dict:

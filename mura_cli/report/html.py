@@ -35,7 +35,9 @@ def _label(value):
     return None if value is None or pd.isna(value) else int(value)
 
 
-def page_data(run: RunRecord, images: pd.DataFrame, studies: pd.DataFrame, thumbs: dict) -> dict:
+def page_data(
+    run: RunRecord, images: pd.DataFrame, studies: pd.DataFrame, thumbs: dict, gallery: dict | None = None
+) -> dict:
     """What the page shows, as plain JSON: the run summary and one entry per study with its images.
     ``thumbs`` maps an image path to (thumbnail file, overlay file or None), relative to the page."""
     root = Path(run.input_root or ".")
@@ -78,6 +80,7 @@ def page_data(run: RunRecord, images: pd.DataFrame, studies: pd.DataFrame, thumb
         "counts": dataclasses.asdict(run.counts) if run.counts else {},
         "notice": RESEARCH_NOTICE,
         "studies": entries,
+        "gallery": gallery or {},  # evaluate: kind -> study ids, the most confident errors first
     }
 
 
@@ -100,12 +103,17 @@ def _write_thumbnails(images: pd.DataFrame, store, out_dir: Path) -> dict:
 
 
 def write_review_page(
-    run: RunRecord, images: pd.DataFrame, studies: pd.DataFrame, store, out_dir: Path
+    run: RunRecord,
+    images: pd.DataFrame,
+    studies: pd.DataFrame,
+    store,
+    out_dir: Path,
+    gallery: dict | None = None,
 ) -> Path:
     from mura_cli.report.render import render_html
 
     try:
-        data = page_data(run, images, studies, _write_thumbnails(images, store, out_dir))
+        data = page_data(run, images, studies, _write_thumbnails(images, store, out_dir), gallery)
         # the data sits in a <script type="application/json">: no '<' (a '</script>' or '<!--' in a file
         # name) may reach the HTML parser, so <, > and & travel as JSON escapes
         text = json.dumps(data, ensure_ascii=False)

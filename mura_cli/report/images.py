@@ -64,12 +64,38 @@ def _jpeg(image: Image.Image, optimize: bool = True) -> bytes:
     return buffer.getvalue()
 
 
-def make_thumbnails(canvas: np.ndarray, geometry: Geometry, heatmap: np.ndarray | None) -> Thumbnails:
+def make_thumbnails(
+    canvas: np.ndarray, geometry: Geometry, heatmap: np.ndarray | None, boxes=()
+) -> Thumbnails:
+    """The image and its heatmap overlay, with ``boxes`` (original pixel coordinates) outlined on both."""
     size = thumbnail_size(geometry)
     gray = Image.fromarray(crop_region(canvas, geometry)).resize(size, Image.BILINEAR)
-    if heatmap is None:
-        return Thumbnails(_jpeg(gray), None)
-    heat_region = np.ascontiguousarray(crop_region(heatmap, geometry), dtype=np.float32)
-    heat = np.clip(np.asarray(Image.fromarray(heat_region, mode="F").resize(size, Image.BILINEAR)), 0, 1)
+    heat = None
+    if heatmap is not None:
+        heat_region = np.ascontiguousarray(crop_region(heatmap, geometry), dtype=np.float32)
+        heat = np.clip(np.asarray(Image.fromarray(heat_region, mode="F").resize(size, Image.BILINEAR)), 0, 1)
+    shown = _outlined(gray, boxes, geometry) if boxes else gray
+    if heat is None:
+        return Thumbnails(_jpeg(shown), None)
     # colour overlays skip the optimising Huffman pass: 5% larger, 2.5x faster to encode
-    return Thumbnails(_jpeg(gray), _jpeg(overlay(gray, heat), optimize=False))
+    return Thumbnails(_jpeg(shown), _jpeg(_outlined(overlay(gray, heat), boxes, geometry), optimize=False))
+
+
+BOX_COLOUR = (0, 230, 0)  # green: apart from the heatmap's blue-to-red ramp
+
+
+def _outlined(image: Image.Image, boxes, geometry: Geometry) -> Image.Image:
+    if not boxes:
+        return image
+    from PIL import ImageDraw
+
+    shown = image.convert("RGB")
+    draw = ImageDraw.Draw(shown)
+    sx, sy = shown.width / geometry.orig_w, shown.height / geometry.orig_h
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle(
+            [x0 * sx, y0 * sy, max(x0 * sx, x1 * sx - 1), max(y0 * sy, y1 * sy - 1)],
+            outline=BOX_COLOUR,
+            width=2,
+        )
+    return shown

@@ -198,9 +198,28 @@ def _metric_rows(level: dict) -> list[dict]:
     return rows
 
 
-def render_eval_report(result: dict, out_dir: Path, path: Path) -> Path:
-    """The evaluation report: metrics with CIs per body part, operating points, calibration, plots."""
+def render_eval_report(result: dict, out_dir: Path, path: Path, gallery=()) -> Path:
+    """The evaluation report: metrics with CIs per body part, operating points, calibration, plots,
+    and the error gallery (mura_cli.evaluation.gallery entries)."""
     pictures: dict[str, bytes] = {}
+    errors: dict[str, list[dict]] = {}  # kind -> studies, in the gallery's order
+    for e in gallery:
+        errors.setdefault(e.kind, []).append(
+            {
+                "study_id": e.study_id,
+                "body_part": e.body_part,
+                "probability_text": _fmt(e.probability),
+                "images": [
+                    {
+                        "name": p.rsplit("/", 1)[-1],
+                        "probability_text": _fmt(q),
+                        "thumb": add_picture(pictures, t.image) if t else None,
+                        "overlay": add_picture(pictures, t.overlay) if t and t.overlay else None,
+                    }
+                    for p, q, t in e.images
+                ],
+            }
+        )
     plots = {
         name: add_picture(pictures, (out_dir / f"{name}.png").read_bytes(), "png")
         for name in ("roc_study", "reliability_study")
@@ -219,5 +238,6 @@ def render_eval_report(result: dict, out_dir: Path, path: Path) -> Path:
         before_temperature=result.get("calibration_before_temperature"),
         temperature=result["run"].get("temperature", 1.0),
         bias=result["run"].get("logit_bias", 0.0),
+        errors=errors,
     )
     return write_pdf(html, path, pictures)
