@@ -213,3 +213,24 @@ def test_evaluate_html_shows_the_most_confident_errors_and_opens_them(evaluated)
         assert shown[0] == fn[0] and set(shown) == set(wrong[wrong["label"] == 1].index)  # all misses
         assert all(url.startswith("file:") or url.startswith("data:") for url in requests)
         browser.close()
+
+
+def test_a_study_whose_first_image_failed_opens_on_a_picture_and_enter_on_a_button_presses_it(page):
+    page.locator("#search").fill("patient00001")
+    page.evaluate("document.activeElement.blur()")  # out of the text field, so the keys reach the page
+    row = page.locator("tbody tr").nth(0)
+    assert "broken.png" in row.locator(".thumbs").inner_text()  # its first image has no picture
+    page.keyboard.press("j")
+    page.keyboard.press("Enter")
+    assert page.locator("#viewer").is_visible()
+    assert page.locator("#vimg").get_attribute("src").endswith(".jpg")
+    page.keyboard.press("Escape")
+    assert not page.locator("#viewer").is_visible()
+    button = page.locator("tbody tr").nth(0).locator("button[data-verdict=unsure]")
+    button.focus()
+    page.keyboard.press("Enter")
+    assert not page.locator("#viewer").is_visible()
+    assert (
+        page.locator("tbody tr").nth(0).locator("button[data-verdict=unsure]").get_attribute("aria-pressed")
+        == "true"
+    )
