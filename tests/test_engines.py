@@ -106,3 +106,38 @@ def test_auto_takes_openvino_only_for_fp32_on_the_cpu():
     assert engines.choose_engine("auto", cpu, "fp32", "")[0] == "torch"  # a module the caller built
     with pytest.raises(ValueError, match="--engine openvino: OpenVINO runs here on the CPU only"):
         engines.choose_engine("openvino", torch.device("cuda"), "fp32", "abc")
+
+
+def test_prefetching_keeps_order_raises_the_producers_error_and_stops_when_closed():
+    import threading
+    import time
+
+    from mura_cli.inference.batches import prefetched
+
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError("cannot decode")
+
+    got = []
+    with pytest.raises(ValueError, match="cannot decode"):
+        for item in prefetched(broken()):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    stream = prefetched(endless())
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()
+    time.sleep(0.3)
+    count = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == count <= 6  # the producer stopped a step or two ahead
+    assert not any(t.name == "mura-cli-decode" for t in threading.enumerate())

@@ -119,3 +119,49 @@ class Reindexed(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {**self.source[self.positions[index]], "index": index}
+
+
+def prefetched(batches, depth: int = 1):
+    """``batches`` produced one step ahead in a thread: the next batch is decoded while the model
+    works on this one (PIL, numpy and the inference engines release the GIL). Same order, same items;
+    an error in the producer is raised here, and closing this generator stops the producer."""
+    import queue
+    import threading
+
+    done, slots = object(), queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            outcome = (done, None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            outcome = (done, exc)
+        while not stop.is_set():
+            try:
+                slots.put(outcome, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=produce, name="mura-cli-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

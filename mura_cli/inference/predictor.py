@@ -11,7 +11,7 @@ import torch
 
 from mura_cli import choices
 from mura_cli.inference import engines
-from mura_cli.inference.batches import create_loader
+from mura_cli.inference.batches import create_loader, prefetched
 from mura_cli.inference.device import Runtime
 from mura_cli.inputs.discover import ImageRecord
 from mura_cli.inputs.geometry import Geometry
@@ -176,10 +176,21 @@ class Predictor:
         return difference, same
 
     def _feature_channels(self) -> int | None:
-        probe = torch.zeros((1, self.channels, self.height, self.width), device=self.runtime.device)
-        with torch.no_grad():
-            feats = self.model.forward_features(probe)
-        return feats.shape[1] if feats.ndim == 4 else None
+        """Channels of the last feature map (None when the backbone gives no map, e.g. a ViT's tokens),
+        from a forward pass of a small probe: a full-size one cost a second at every start on a CPU.
+        Models that only take their own input size get a full-size probe."""
+        for side in (64, None):
+            size = (side, side) if side and side < min(self.height, self.width) else (self.height, self.width)
+            probe = torch.zeros((1, self.channels, *size), device=self.runtime.device)
+            try:
+                with torch.no_grad():
+                    feats = self.model.forward_features(probe)
+            except Exception:  # noqa: BLE001 - any model that refuses the small probe gets the full one
+                if side is None:
+                    raise
+                continue
+            return feats.shape[1] if feats.ndim == 4 else None
+        return None
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities (B,), CAMs (B, h, w) or None), the mirrored pass averaged in with tta='flip'."""
@@ -227,7 +238,7 @@ class Predictor:
             if cams is not None:
                 with torch.inference_mode():
                     canvas_maps, canvas_peaks = cam.to_canvas(
-                        cams, batch["geometry"][valid], (self.height, self.width)
+                        cams, batch["geometry"][valid], (self.height, self.width), maps_too=maps is not None
                     )
                 peaks[valid.numpy()] = canvas_peaks.cpu().numpy()
                 if maps is not None:
@@ -258,9 +269,14 @@ IMAGE_COLUMNS = [
 ]
 
 
-def predict_records(predictor: Predictor, records, batch_size: int, workers: int, dataset=None):
+def predict_records(
+    predictor: Predictor, records, batch_size: int, workers: int, dataset=None, overlap: bool | None = None
+):
     """Yield a BatchResult per batch of ``records`` (decoded in ``workers`` processes, or read from
-    ``dataset``, e.g. the decoded cache)."""
+    ``dataset``, e.g. the decoded cache). Decoding in line (no workers) overlaps the model in a thread
+    when ``overlap`` (default: when the backbone runs in an engine that releases the GIL: OpenVINO)."""
     loader = create_loader(records, predictor.config, batch_size, workers, predictor.runtime.device, dataset)
-    for batch in loader:
+    if overlap is None:
+        overlap = workers == 0 and dataset is None and predictor.engine.name == "openvino"
+    for batch in prefetched(loader) if overlap else loader:
         yield predictor(batch)

@@ -70,9 +70,13 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / span.clamp_min(1e-12)).view_as(maps)
 
 
-def to_canvas(cams: torch.Tensor, geometries: torch.Tensor, canvas_hw: tuple[int, int]):
+def to_canvas(
+    cams: torch.Tensor, geometries: torch.Tensor, canvas_hw: tuple[int, int], maps_too: bool = True
+):
     """Upsample (B, h, w) maps onto the input canvas, zero the padding, normalise each to [0, 1] over
-    the image's region, and find each peak. Returns (maps (B, H, W), peaks (B, 2) as canvas y, x)."""
+    the image's region, and find each peak (the first maximum in reading order). Returns (maps
+    (B, H, W), peaks (B, 2) as canvas y, x); without ``maps_too`` only the peaks (maps None), for runs
+    that keep no pictures."""
     height, width = canvas_hw
     maps = F.interpolate(cams[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[
         :, 0
@@ -81,11 +85,13 @@ def to_canvas(cams: torch.Tensor, geometries: torch.Tensor, canvas_hw: tuple[int
     xs = torch.arange(width, device=maps.device)[None, None, :]
     geo = geometries.to(maps.device)
     new_h, new_w, top, left = (geo[:, i, None, None] for i in (2, 3, 4, 5))
-    inside = (ys >= top) & (ys < top + new_h) & (xs >= left) & (xs < left + new_w)
-    masked = maps.masked_fill(~inside, float("-inf"))
-    flat_peak = masked.flatten(1).argmax(dim=1)
+    outside = (ys < top) | (ys >= top + new_h) | (xs < left) | (xs >= left + new_w)
+    masked = maps.masked_fill(outside, float("-inf")).flatten(1)
+    flat_peak = masked.argmax(dim=1)
     peaks = torch.stack((flat_peak // width, flat_peak % width), dim=1)
-    low = masked.masked_fill(~inside, float("inf")).flatten(1).min(dim=1).values[:, None, None]
-    high = masked.flatten(1).max(dim=1).values[:, None, None]
-    normalised = ((maps - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
-    return normalised.masked_fill(~inside, 0.0), peaks
+    if not maps_too:
+        return None, peaks
+    high = masked.gather(1, flat_peak[:, None])[:, :, None]  # the peak's value is the region's maximum
+    low = maps.masked_fill(outside, float("inf")).flatten(1).min(dim=1).values[:, None, None]
+    normalised = maps.sub_(low).div_((high - low).clamp_min(1e-12)).clamp_(0, 1)
+    return normalised.masked_fill_(outside, 0.0), peaks
