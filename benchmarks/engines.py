@@ -1,5 +1,6 @@
 """Engines side by side on the shipped model (issue 13): raw backbone+head rate per engine, `score`
-end to end with heatmaps per engine, and how far the engine's images.csv is from torch's.
+end to end with heatmaps per engine, decoding overlapped with OpenVINO or in line, and how far the
+engine's images.csv is from torch's. `benchmarks/run.py` includes these rows (`engine_rows`).
 
     python benchmarks/engines.py            # FracAtlas images from ../shared, else a synthetic corpus
 
@@ -10,12 +11,12 @@ appended to benchmarks/ENGINES.md.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,28 +66,113 @@ def raw_rates(model_dir: Path, batch: int, seconds: float, cache: Path) -> dict[
 
 
 def score_once(
-    corpus: Path, model: str, out: Path, engine: str, batch: int
+    corpus: Path, model: str, out: Path, engine: str, batch: int, cache: Path
 ) -> tuple[float, pd.DataFrame, dict]:
+    from mura_cli import environment as mura_environment
     from mura_cli.config import ScoreConfig
     from mura_cli.scoring.score import score_folder
 
     started = time.perf_counter()
-    result = score_folder(
-        ScoreConfig(
-            input=str(corpus),
-            out_dir=str(out),
-            model=model,
-            engine=engine,
-            batch_size=batch,
-            precision="fp32",
-        ),
-        overwrite=True,
-    )
+    chosen = replace(mura_environment.Environment.from_os(), engine_cache=cache)
+    with mura_environment.using(chosen):
+        result = score_folder(
+            ScoreConfig(
+                input=str(corpus),
+                out_dir=str(out),
+                model=model,
+                engine=engine,
+                batch_size=batch,
+                precision="fp32",
+            ),
+            overwrite=True,
+        )
     return (
         len(result.images) / (time.perf_counter() - started),
         result.images,
         result.run.runtime.engine,
     )
+
+
+def pipeline_rates(corpus: Path, model_dir: Path, batch: int, repeats: int, cache: Path) -> dict[str, float]:
+    """Images/s of decode + OpenVINO + heatmap peaks (no CSV, no report), the next batch decoded in a
+    thread while the engine runs (what `score` does) against decoding in line, interleaved."""
+    from mura_cli.inference.device import create_runtime
+    from mura_cli.inference.predictor import Predictor, predict_records
+    from mura_cli.inputs.discover import discover
+    from mura_cli.model.factory import load_model
+
+    predictor = Predictor(
+        load_model(model_dir), create_runtime("cpu", "fp32"), engine="openvino", engine_cache=cache
+    )
+    records = list(discover(corpus).images)
+    runs: dict[str, list[float]] = {"overlapped": [], "in line": []}
+    for _ in range(repeats):
+        for name, overlap in (("overlapped", True), ("in line", False)):
+            started = time.perf_counter()
+            for _result in predict_records(predictor, records, batch, 0, overlap=overlap):
+                pass
+            runs[name].append(len(records) / (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
+def engine_rows(model_dir: Path, corpus: Path, work: Path, batch: int, repeats: int, seconds: float):
+    """The engine rows (measurement, result, ratio) and the OpenVINO version; the export is made
+    fresh in ``work`` and timed."""
+    cache = work / "engine-cache"
+    raw = raw_rates(model_dir, batch, seconds, cache)
+    pipeline = pipeline_rates(corpus, model_dir, batch, repeats, cache)
+    score_once(corpus, str(model_dir), work / "warm", "openvino", batch, cache)  # warm-up; then alternate
+    rates, tables, engines = {"torch": [], "openvino": []}, {}, {}
+    for _ in range(repeats):
+        for engine in ("torch", "openvino"):
+            rate, tables[engine], engines[engine] = score_once(
+                corpus, str(model_dir), work / engine, engine, batch, cache
+            )
+            rates[engine].append(rate)
+    e2e = {engine: statistics.median(values) for engine, values in rates.items()}
+    a, b = tables["torch"], tables["openvino"]
+    difference = float(np.nanmax(np.abs(a["probability"].to_numpy(float) - b["probability"].to_numpy(float))))
+    same_peak = float(
+        ((a["heatmap_peak_x"] == b["heatmap_peak_x"]) & (a["heatmap_peak_y"] == b["heatmap_peak_y"])).mean()
+    )
+    kind = "FracAtlas" if "fracatlas" in str(corpus) else "synthetic"
+    rows = [
+        ("engines: model", f"{model_dir.name}", f"{len(a)} images ({kind}), batch {batch}, fp32"),
+        ("raw forward + head + CAM, torch eager", f"{raw['torch']:.1f} img/s", "1.00x"),
+        (
+            "raw forward + head + CAM, OpenVINO",
+            f"{raw['openvino']:.1f} img/s",
+            f"{raw['openvino'] / raw['torch']:.2f}x of torch",
+        ),
+        (
+            "decode + OpenVINO + peaks: next batch decoded in a thread / in line",
+            f"{pipeline['overlapped']:.1f} / {pipeline['in line']:.1f} img/s",
+            f"overlap gives {pipeline['overlapped'] / pipeline['in line']:.2f}x; "
+            f"{pipeline['overlapped'] / raw['openvino']:.2f}x of OpenVINO raw",
+        ),
+        (
+            "score end to end with heatmaps, torch",
+            f"{e2e['torch']:.1f} img/s",
+            f"{e2e['torch'] / raw['torch']:.2f}x of torch raw",
+        ),
+        (
+            "score end to end with heatmaps, OpenVINO",
+            f"{e2e['openvino']:.1f} img/s",
+            f"{e2e['openvino'] / e2e['torch']:.2f}x of torch end to end; "
+            f"{e2e['openvino'] / raw['openvino']:.2f}x of OpenVINO raw",
+        ),
+        (
+            "OpenVINO export + probe check (first use of a model)",
+            f"{raw['openvino_setup_s']:.1f} s",
+            "cached after that, per weights and OpenVINO version",
+        ),
+        (
+            "images.csv, OpenVINO vs torch",
+            f"max |p difference| {difference:.2e}",
+            f"same heatmap peak on {same_peak:.1%} of images",
+        ),
+    ]
+    return rows, engines["openvino"]["version"].split("-")[0]
 
 
 def main() -> None:
@@ -101,70 +187,15 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "ENGINES.md")
     args = parser.parse_args()
     _same_allocator_as_mura_cli()  # the malloc tuning that `mura-cli score` runs with
-    from mura_cli.environment import ENGINE_CACHE_ENV
-    from mura_cli.inference import engines
     from mura_cli.model.factory import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
     work = Path(tempfile.mkdtemp(prefix="mura-engines-"))
-    cache = work / "engine-cache"
-    os.environ[ENGINE_CACHE_ENV] = str(cache)  # a fresh export: the first run below includes it
     try:
         corpus = fracatlas_corpus(work, args.images) or build_corpus(work / "synthetic", args.images)
-        raw = raw_rates(model_dir, args.batch, args.seconds, cache)
-        score_once(corpus, str(model_dir), work / "warm", "openvino", args.batch)  # warm-up; then alternate
-        rates, tables, engines = {"torch": [], "openvino": []}, {}, {}
-        for _ in range(args.repeats):
-            for engine in ("torch", "openvino"):
-                rate, tables[engine], engines[engine] = score_once(
-                    corpus, str(model_dir), work / engine, engine, args.batch
-                )
-                rates[engine].append(rate)
-        e2e = {engine: statistics.median(values) for engine, values in rates.items()}
-        a, b = tables["torch"], tables["openvino"]
-        difference = float(
-            np.nanmax(np.abs(a["probability"].to_numpy(float) - b["probability"].to_numpy(float)))
-        )
-        same_peak = float(
-            (
-                (a["heatmap_peak_x"] == b["heatmap_peak_x"]) & (a["heatmap_peak_y"] == b["heatmap_peak_y"])
-            ).mean()
-        )
-        rows = [
-            (
-                "model",
-                f"{model_dir.name}",
-                f"{len(a)} images ({'FracAtlas' if 'fracatlas' in str(corpus) else 'synthetic'}), batch {args.batch}, fp32",
-            ),
-            ("raw forward + head + CAM, torch eager", f"{raw['torch']:.1f} img/s", "1.00x"),
-            (
-                "raw forward + head + CAM, OpenVINO",
-                f"{raw['openvino']:.1f} img/s",
-                f"{raw['openvino'] / raw['torch']:.2f}x of torch",
-            ),
-            (
-                "score end to end with heatmaps, torch",
-                f"{e2e['torch']:.1f} img/s",
-                f"{e2e['torch'] / raw['torch']:.2f}x of torch raw",
-            ),
-            (
-                "score end to end with heatmaps, OpenVINO",
-                f"{e2e['openvino']:.1f} img/s",
-                f"{e2e['openvino'] / e2e['torch']:.2f}x of torch end to end; {e2e['openvino'] / raw['openvino']:.2f}x of OpenVINO raw",
-            ),
-            (
-                "OpenVINO export + probe check (first use of a model)",
-                f"{raw['openvino_setup_s']:.1f} s",
-                "cached after that, per weights and OpenVINO version",
-            ),
-            (
-                "images.csv, OpenVINO vs torch",
-                f"max |p difference| {difference:.2e}",
-                f"same heatmap peak on {same_peak:.1%} of images",
-            ),
-        ]
+        rows, version = engine_rows(model_dir, corpus, work, args.batch, args.repeats, args.seconds)
         env = environment("cpu")
-        env["openvino"] = engines["openvino"]["version"].split("-")[0]
+        env["openvino"] = version
         publish(rows, env, "benchmarks/engines.py", args.results)
     finally:
         shutil.rmtree(work, ignore_errors=True)

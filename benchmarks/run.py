@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -368,6 +369,9 @@ def main() -> None:
     parser.add_argument("--pdf-studies", default="100,500,5000")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per score variant (median)")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument(
+        "--skip-engines", action="store_true", help="no engine rows (torch vs OpenVINO on the shipped model)"
+    )
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     publish(run_all(args), environment(args.device), "benchmarks/run.py", args.results)
@@ -457,6 +461,16 @@ def run_all(args) -> list[tuple[str, str, str]]:
             )
         )
         rows.extend(pdf_rows([int(v) for v in args.pdf_studies.split(",") if v], work, e2e["img_s"]))
+        if not args.skip_engines and importlib.util.find_spec("openvino") is not None:
+            from engines import engine_rows, fracatlas_corpus
+
+            from mura_cli.model.factory import resolve_model_dir
+
+            shipped = resolve_model_dir(None)
+            engine_work = work / "engines"
+            engine_work.mkdir()
+            photos = fracatlas_corpus(engine_work, args.images) or corpus
+            rows.extend(engine_rows(shipped, photos, engine_work, args.batch, args.repeats, 8.0)[0])
         if not args.skip_train:
             tr = train_rates(corpus, work, args.arch, args.img_size, args.batch)
             rows.append(("train step, raw (random tensors)", f"{tr['raw_step_img_s']:.1f} img/s", "1.00x"))
