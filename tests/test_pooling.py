@@ -95,8 +95,17 @@ def test_heads_that_do_more_than_pool_and_classify_are_refused():
 def test_the_report_names_an_lse_heatmap_for_what_it_is():
     from mura_cli.report.pdf import HEATMAP_NAMES, LSE_HEATMAP_NAME, heatmap_name
 
+    from mura_cli.results.record import ModelIdentity, RunRecord, Runtime, Tool
+
     def run(pooling):
-        return {"runtime": {"heatmap_method": "cam"}, "model": {"config": {"pooling": pooling}}}
+        return RunRecord(
+            status="finished",
+            started="now",
+            tool=Tool(),
+            config={},
+            model=ModelIdentity("m", "0" * 64, config={"pooling": pooling}),
+            runtime=Runtime("cpu", "fp32", "test", 0, 32, "cam"),
+        )
 
     assert heatmap_name(run("lse")) == LSE_HEATMAP_NAME
     assert heatmap_name(run("avg")) == HEATMAP_NAMES["cam"] and "Grad-CAM" in heatmap_name(run("avg"))
