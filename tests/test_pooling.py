@@ -94,7 +94,6 @@ def test_heads_that_do_more_than_pool_and_classify_are_refused():
 
 def test_the_report_names_an_lse_heatmap_for_what_it_is():
     from mura_cli.report.pdf import HEATMAP_NAMES, LSE_HEATMAP_NAME, heatmap_name
-
     from mura_cli.results.record import ModelIdentity, RunRecord, Runtime, Tool
 
     def run(pooling):

@@ -371,7 +371,6 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
 def _review_record(config: EvalConfig, loaded, started: str, images, studies, threshold, method) -> RunRecord:
     """What the review page shows of this evaluation (the page is shared with `score --html`)."""
     data = Path(config.data).expanduser().resolve()
-    failed = int(images["probability"].isna().sum())
     return RunRecord(
         status="finished",
         started=started,
@@ -381,15 +380,7 @@ def _review_record(config: EvalConfig, loaded, started: str, images, studies, th
         input_root=str(data if data.is_dir() else data.parent),
         aggregation=method,
         threshold=threshold,
-        counts=Counts(
-            images=len(images),
-            scored=len(images) - failed,
-            failed=failed,
-            studies=len(studies),
-            skipped_files=0,
-            positive_studies=int((studies["prediction"] == 1).sum()),
-            negative_studies=int((studies["prediction"] == 0).sum()),
-        ),
+        counts=Counts.of(images, studies),
     )
 
 

@@ -74,6 +74,20 @@ class Counts:
     positive_studies: int
     negative_studies: int
 
+    @classmethod
+    def of(cls, images, studies, skipped_files: int = 0) -> Counts:
+        """The counts of an images and a studies table (a row with an error is a failed image)."""
+        failed = int((images["error"].fillna("") != "").sum())
+        return cls(
+            images=len(images),
+            scored=len(images) - failed,
+            failed=failed,
+            studies=len(studies),
+            skipped_files=skipped_files,
+            positive_studies=int((studies["prediction"] == 1).sum()),
+            negative_studies=int((studies["prediction"] == 0).sum()),
+        )
+
 
 @dataclass(frozen=True)
 class RunRecord(_JsonShaped):

@@ -16,7 +16,7 @@ import pandas as pd
 from mura_cli.config import MergeConfig
 from mura_cli.errors import InputError, writes_into
 from mura_cli.results.folder import RESULT_FILES, check_out_dir, read_images_csv
-from mura_cli.results.record import RunRecord, read_run_record, write_run_record
+from mura_cli.results.record import Counts, RunRecord, read_run_record, write_run_record
 from mura_cli.results.shard import walk_order_key
 from mura_cli.results.writers import write_csv
 
@@ -162,16 +162,7 @@ class _Stores:
 def _merged_run(
     runs: list[RunRecord], images: pd.DataFrame, studies: pd.DataFrame, folders, count: int
 ) -> RunRecord:
-    failed = int((images["error"].fillna("") != "").sum())
-    counts = replace(
-        runs[0].counts,
-        images=len(images),
-        scored=len(images) - failed,
-        failed=failed,
-        studies=len(studies),
-        positive_studies=int((studies["prediction"] == 1).sum()),
-        negative_studies=int((studies["prediction"] == 0).sum()),
-    )
+    counts = Counts.of(images, studies, runs[0].counts.skipped_files)
     merged_from = tuple(
         {"folder": str(f.resolve()), "shard": asdict(r.shard), "seconds": r.seconds}
         for f, r in zip(folders, runs)

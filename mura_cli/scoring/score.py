@@ -233,7 +233,6 @@ def _run_record(
     seconds_model,
 ) -> RunRecord:
     """What run.json holds: versions, configuration, model identity, runtime choices, counts, timings."""
-    failed = int((images["error"] != "").sum())
     return replace(
         _start_record(config, loaded, started, discovery.root, discovery.notices),
         tool=Tool(version=__version__, python=platform.python_version(), torch=torch.__version__),
@@ -253,15 +252,7 @@ def _run_record(
         ),
         aggregation=method,
         threshold=threshold,
-        counts=Counts(
-            images=len(images),
-            scored=len(images) - failed,
-            failed=failed,
-            studies=len(studies),
-            skipped_files=discovery.skipped,
-            positive_studies=int((studies["prediction"] == 1).sum()),
-            negative_studies=int((studies["prediction"] == 0).sum()),
-        ),
+        counts=Counts.of(images, studies, discovery.skipped),
         seconds={
             "model": round(seconds_model, 3),
             "images_per_second": round(len(images) / max(seconds_model, 1e-9), 2),
