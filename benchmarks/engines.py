@@ -51,7 +51,7 @@ def raw_rates(model_dir: Path, batch: int, seconds: float, cache: Path) -> dict[
     rates = {}
     for engine in ("torch", "openvino"):
         started = time.perf_counter()
-        predictor = Predictor(loaded, runtime, heatmaps=True, engine=engine, engine_cache=cache)
+        predictor = Predictor(loaded, runtime, heatmaps=True, tta="none", engine=engine, engine_cache=cache)
         rates[f"{engine}_setup_s"] = time.perf_counter() - started  # OpenVINO: export + probe check
         x = predictor.prepare(
             torch.randint(0, 255, (batch, 1, *loaded.config.input_size[1:]), dtype=torch.uint8)
@@ -83,6 +83,7 @@ def score_once(
                 engine=engine,
                 batch_size=batch,
                 precision="fp32",
+                tta="none",  # one pass per image: the engines, not the model's test-time augmentation
             ),
             overwrite=True,
         )
@@ -102,7 +103,11 @@ def pipeline_rates(corpus: Path, model_dir: Path, batch: int, repeats: int, cach
     from mura_cli.model.factory import load_model
 
     predictor = Predictor(
-        load_model(model_dir), create_runtime("cpu", "fp32"), engine="openvino", engine_cache=cache
+        load_model(model_dir),
+        create_runtime("cpu", "fp32"),
+        tta="none",
+        engine="openvino",
+        engine_cache=cache,
     )
     records = list(discover(corpus).images)
     runs: dict[str, list[float]] = {"overlapped": [], "in line": []}

@@ -127,7 +127,7 @@ def score_images(
     engine: str = "auto",
     engine_cache: Path | None = None,
     heatmaps: bool = True,
-    tta: str = "none",
+    tta: str | None = None,  # None: the model's (see its config.json)
     batch_size: int = 16,
     aggregate: str | None = None,
     threshold: float | None = None,

@@ -30,6 +30,7 @@ class ModelConfig:
     pooling: str = "avg"  # avg (timm's head) or lse (cell logits pooled by log-mean-exp, mura_cli.pooling)
     temperature: float = 1.0  # probability = sigmoid(logit / temperature + logit_bias), fitted on validation
     logit_bias: float = 0.0
+    tta: str = "none"  # test-time augmentation the calibration and threshold were fitted with (none, flip)
     # device kind -> precision -> measured deviation from fp32 (see precision_check.py); `auto` uses a
     # reduced precision only where its check passed
     precision_checks: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +98,7 @@ _CONFIG_TYPES = {
     "aggregation": str,
     "output_stride": int,
     "pooling": str,
+    "tta": str,
     "temperature": _NUMBER,
     "logit_bias": _NUMBER,
     "precision_checks": dict,
@@ -154,6 +156,8 @@ def _model_config_problems(cfg: ModelConfig):
         yield f"'aggregation' must be one of {list(choices.AGGREGATIONS)}"
     if cfg.pooling not in choices.POOLINGS:
         yield f"'pooling' must be one of {list(choices.POOLINGS)}"
+    if cfg.tta not in choices.TTA_MODES:
+        yield f"'tta' must be one of {list(choices.TTA_MODES)}"
     if cfg.output_stride not in (8, 16, 32):
         yield f"'output_stride' must be 8, 16 or 32, got {cfg.output_stride}"
     if not (
@@ -219,7 +223,10 @@ _ENGINE_HELP = (
     "Where the backbone runs: auto (OpenVINO for fp32 on the CPU when installed, else torch), torch, "
     "or openvino (exported once per model and checked against torch)."
 )
-_TTA_HELP = "Test-time augmentation: none, or flip (average with the left-right mirror; 2x the model time)."
+_TTA_HELP = (
+    "Test-time augmentation: none, or flip (average with the left-right mirror; 2x the model time); "
+    "default: the model's (its calibration was fitted with it)."
+)
 
 
 @dataclass(frozen=True)
@@ -253,7 +260,7 @@ class ScoreConfig:
         "I/N: score only share I (0-based) of N, by a stable hash of the study id; "
         "combine with `mura-cli merge`.",
     )
-    tta: str = option("none", _TTA_HELP, choice=choices.TTA)
+    tta: str | None = option(None, _TTA_HELP, choice=choices.TTA)
     engine: str = option("auto", _ENGINE_HELP, choice=choices.Engine)
     allow_modality: tuple[str, ...] = option(
         (), "Also score DICOM files of this modality (repeatable; CR and DX always are), e.g. RF, XA, MG, OT."
@@ -347,6 +354,12 @@ class TrainConfig:
     box_loss_from: int = option(
         0, "First epoch (0-based) with the box loss; the best checkpoint is chosen from then on.", min=0
     )
+    tta: str = option(
+        "none",
+        "Test-time augmentation the model is validated, calibrated and shipped with: none, or flip "
+        "(the image and its mirror; 2x the validation and scoring time).",
+        choice=choices.TTA,
+    )
     flip: bool = option(True, "Random left-right flips.")
     rotate: float = option(10.0, "Random rotation, degrees (0 disables; the MURA paper used 30).", min=0.0)
     brightness: float = option(0.2, "Random brightness change, +- fraction.", min=0.0)
@@ -391,6 +404,28 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """One `calibrate` run: a model's temperature, bias and threshold fitted again on labelled data."""
+
+    model: str  # a model folder (its config.json is rewritten)
+    data: str
+    split: str | None = option(None, "train, valid, test or all (default: valid, else test, else all).")
+    tta: str | None = option(
+        None,
+        "Test-time augmentation to calibrate for (and to make the model's default): none or flip; "
+        "default: the model's.",
+        choice=choices.TTA,
+    )
+    device: str = option("auto", _DEVICE_HELP)
+    engine: str = option("auto", _ENGINE_HELP, choice=choices.Engine)
+    batch_size: int = option(32, "Images per model pass.", min=1, flags=("--batch-size", "-b"))
+    workers: int | None = option(None, _WORKERS_HELP, min=0)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -468,7 +503,7 @@ class EvalConfig:
         "negatives, with heatmaps and boxes (0: none).",
         min=0,
     )
-    tta: str = option("none", _TTA_HELP, choice=choices.TTA)
+    tta: str | None = option(None, _TTA_HELP, choice=choices.TTA)
     engine: str = option("auto", _ENGINE_HELP, choice=choices.Engine)
     pointing_tolerance: float = option(
         0.04,

@@ -93,3 +93,55 @@ def test_temperature_and_bias_undo_a_shifted_overconfident_logit():
     assert calibration.uncalibrate(
         calibration.rescale(held_out[1], temperature, bias), temperature, bias
     ) == pytest.approx(held_out[1], abs=1e-6)
+
+
+def test_the_models_tta_is_the_default_and_calibrates_the_mean_of_both_views(tiny_model):
+    loaded = load_model(tiny_model)
+    image = torch.randint(0, 255, (3, 1, 64, 64), dtype=torch.uint8)
+    single = Predictor(loaded, CPU_FP32, heatmaps=False)(_batch(image)).probabilities
+    mirror = Predictor(loaded, CPU_FP32, heatmaps=False)(_batch(torch.flip(image, dims=[3]))).probabilities
+    flipping = LoadedModel(
+        loaded.model, loaded.config.replace(tta="flip", temperature=2.0, logit_bias=0.3), loaded.path, ""
+    )
+    predictor = Predictor(flipping, CPU_FP32, heatmaps=False)  # tta=None: the model's
+    assert predictor.tta == "flip"
+    got = predictor(_batch(image)).probabilities
+    expected = calibration.rescale((single + mirror) / 2, 2.0, 0.3)  # the views' mean, then calibrated
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert Predictor(flipping, CPU_FP32, heatmaps=False, tta="none").tta == "none"  # a caller may say no
+
+
+def test_calibrate_refits_the_model_for_flip_and_writes_its_config(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mura_cli.cli import app
+    from mura_cli.config import EvalConfig
+    from mura_cli.evaluation.evaluate import evaluate
+
+    from conftest import learnable_mura
+
+    data = learnable_mura(tmp_path / "data", patients=14, seed=4)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    done = CliRunner().invoke(app, ["calibrate", str(model), str(data), "--tta", "flip", "--workers", "0"])
+    assert done.exit_code == 0, done.output
+    assert "calibrated" in done.output and "(tta flip)" in done.output
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["tta"] == "flip" and cfg["provenance"]["calibrated"]["after"]["tta"] == "flip"
+
+    # the fit is Platt scaling of the flip-averaged probabilities at temperature 1, bias 0
+    raw = tmp_path / "raw"
+    shutil.copytree(model, raw)
+    (raw / "config.json").write_text(json.dumps({**cfg, "temperature": 1.0, "logit_bias": 0.0}))
+    scored = evaluate(
+        EvalConfig(data=str(data), out_dir=str(tmp_path / "ev"), model=str(raw), workers=0, bootstrap=10)
+    )
+    images = scored.images.dropna(subset=["probability"])
+    temperature, bias = calibration.fit_platt(
+        images["probability"].to_numpy(float), images["label"].to_numpy(int)
+    )
+    assert (cfg["temperature"], cfg["logit_bias"]) == pytest.approx((temperature, bias), rel=1e-4, abs=1e-4)
+    assert scored.metrics["run"]["tta"] == "flip"  # evaluate followed the model's default

@@ -15,7 +15,14 @@ from rich.table import Table
 from mura_cli import __version__, choices, environment
 from mura_cli.choices import ExitCode
 from mura_cli.cli.options import build, opt
-from mura_cli.config import EvalConfig, MergeConfig, PrecisionCheckConfig, ScoreConfig, TrainConfig
+from mura_cli.config import (
+    CalibrateConfig,
+    EvalConfig,
+    MergeConfig,
+    PrecisionCheckConfig,
+    ScoreConfig,
+    TrainConfig,
+)
 from mura_cli.environment import MODELS_DIR_ENV
 from mura_cli.errors import MuraError, OutputError
 from mura_cli.wording import counted
@@ -133,7 +140,7 @@ def score(
     ),
     include_phi: bool = opt(ScoreConfig, "include_phi"),
     shard: str | None = opt(ScoreConfig, "shard"),
-    tta: choices.TTA = opt(ScoreConfig, "tta"),
+    tta: choices.TTA | None = opt(ScoreConfig, "tta"),
     engine: choices.Engine = opt(ScoreConfig, "engine"),
     allow_modality: list[str] = opt(ScoreConfig, "allow_modality"),
     group_by: choices.GroupBy = opt(ScoreConfig, "group_by"),
@@ -275,6 +282,7 @@ def train(
     box_loss_weight: float = opt(TrainConfig, "box_loss_weight"),
     box_grow: float = opt(TrainConfig, "box_grow"),
     box_loss_from: int = opt(TrainConfig, "box_loss_from"),
+    tta: choices.TTA = opt(TrainConfig, "tta"),
     flip: bool = opt(TrainConfig, "flip"),
     rotate: float = opt(TrainConfig, "rotate"),
     brightness: float = opt(TrainConfig, "brightness"),
@@ -326,7 +334,7 @@ def evaluate(
     boxes: Path | None = opt(EvalConfig, "boxes"),
     pointing_tolerance: float = opt(EvalConfig, "pointing_tolerance"),
     deletion: bool = opt(EvalConfig, "deletion"),
-    tta: choices.TTA = opt(EvalConfig, "tta"),
+    tta: choices.TTA | None = opt(EvalConfig, "tta"),
     engine: choices.Engine = opt(EvalConfig, "engine"),
     allow_modality: list[str] = opt(EvalConfig, "allow_modality"),
     pdf: bool = opt(EvalConfig, "pdf"),
@@ -397,6 +405,37 @@ def _eval_summary(result) -> None:
                 soft_wrap=True,
             )
     err.print(f"results in {result.out_dir}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def calibrate(
+    model: Path = typer.Argument(..., metavar="MODEL", help="Model folder whose config.json is refitted."),
+    data: Path = typer.Argument(
+        ..., metavar="DATA", help="Labelled data: the model's validation images (never its test split)."
+    ),
+    split: str | None = opt(CalibrateConfig, "split"),
+    tta: choices.TTA | None = opt(CalibrateConfig, "tta"),
+    device: str = opt(CalibrateConfig, "device"),
+    engine: choices.Engine = opt(CalibrateConfig, "engine"),
+    batch_size: int = opt(CalibrateConfig, "batch_size"),
+    workers: int | None = opt(CalibrateConfig, "workers"),
+) -> None:
+    """Fit a model's temperature, bias and threshold again on labelled data (optionally for --tta flip)."""
+    config = build(CalibrateConfig, locals(), model=model, data=data)
+    from mura_cli.evaluation.calibrate import calibrate_model
+
+    try:
+        result = calibrate_model(config)
+    except MuraError as exc:
+        raise _fail_from(exc) from None
+    b, a = result.before, result.after
+    err.print(
+        f"calibrated {escape(result.model_dir)} on {counted(result.images, 'image')} of split "
+        f"'{result.split}' (tta {result.tta}): temperature {b['temperature']:.4f} -> {a['temperature']:.4f}, "
+        f"bias {b['logit_bias']:.4f} -> {a['logit_bias']:.4f}, threshold {b['threshold']:.4f} -> "
+        f"{a['threshold']:.4f}, study ECE {b['study_ece']:.4f} -> {a['study_ece']:.4f}",
+        soft_wrap=True,
+    )
 
 
 @app.command("check-precision")

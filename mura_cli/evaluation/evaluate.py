@@ -344,7 +344,7 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
         "engine": predictor.engine.to_dict(),
         "temperature": loaded.config.temperature,
         "logit_bias": loaded.config.logit_bias,
-        "tta": config.tta,
+        "tta": predictor.tta,
         "failed_images": int(images["probability"].isna().sum()),
         "config": config.to_dict(),
         "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "unit": "study"},

@@ -79,8 +79,9 @@ class Predictor:
 
     The backbone runs under the runtime's autocast; the head (pooling + classifier), the calibration
     (temperature and bias) and the CAM are computed in fp32 from the same feature map. ``tta='flip'``
-    also scores each image mirrored left-right and averages the two probabilities and the two heatmaps
-    (the mirrored one flipped back)."""
+    also scores each image mirrored left-right and averages the two views' probabilities (before the
+    calibration, which was fitted on such averages) and the two heatmaps (the mirrored one flipped
+    back); ``tta=None`` follows the model's config."""
 
     def __init__(
         self,
@@ -88,11 +89,12 @@ class Predictor:
         runtime: Runtime,
         heatmaps: bool = True,
         keep_maps: bool = False,
-        tta: str = "none",
+        tta: str | None = None,
         engine: str = "torch",
         engine_cache: Path | None = None,
     ):
         cfg = loaded.config
+        tta = cfg.tta if tta is None else tta
         if tta not in choices.TTA_MODES:
             raise ValueError(f"tta must be one of {list(choices.TTA_MODES)}")
         self.config = cfg
@@ -169,8 +171,9 @@ class Predictor:
         blobs = torch.rand((4, 1, 6, 6), generator=generator)
         images = torch.nn.functional.interpolate(blobs, size=(self.height, self.width), mode="bicubic")
         x = self.prepare((images.clamp(0, 1) * 255).to(torch.uint8))
-        ref_probs, ref_cams = self._head(engines.TorchBackbone(self.model, self.runtime)(x))
-        probs, cams = self._head(backbone(x))
+        ref_logits, ref_cams = self._head(engines.TorchBackbone(self.model, self.runtime)(x))
+        logits, cams = self._head(backbone(x))
+        ref_probs, probs = self._calibrated(ref_logits), self._calibrated(logits)
         difference = float((ref_probs - probs).abs().max())
         same = cams is None or bool((ref_cams.flatten(1).argmax(1) == cams.flatten(1).argmax(1)).all())
         return difference, same
@@ -194,33 +197,36 @@ class Predictor:
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities (B,), CAMs (B, h, w) or None), the mirrored pass averaged in with tta='flip'."""
-        probs, cams = self._forward_once(x)
-        if self.tta == "flip":
-            flipped_probs, flipped_cams = self._forward_once(torch.flip(x, dims=[3]))
-            probs = (probs + flipped_probs) / 2
-            if cams is not None:
-                cams = (cams + torch.flip(flipped_cams, dims=[2])) / 2
-        return probs, cams
+        logits, cams = self._forward_once(x)
+        if self.tta != "flip":
+            return self._calibrated(logits), cams
+        flipped, flipped_cams = self._forward_once(torch.flip(x, dims=[3]))
+        if cams is not None:
+            cams = (cams + torch.flip(flipped_cams, dims=[2])) / 2
+        raw = (torch.sigmoid(logits.double()) + torch.sigmoid(flipped.double())) / 2
+        averaged = torch.log(raw) - torch.log1p(-raw)  # the logit of the two views' mean probability
+        return self._calibrated(averaged), cams
 
     def _forward_once(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.heatmap_method == "gradcam":
             with torch.no_grad(), self.runtime.autocast():
                 feats = self.model.forward_features(x)
             logits, cams = cam.gradcam_from_features(self.model, feats)
-            return self._calibrated(logits), cams
+            return logits[:, 0].float(), cams
         return self._head(self.backbone(x))
 
     def _head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Probabilities and CAMs from a feature map, in fp32 whatever the backbone's precision."""
+        """Logits (B,) and CAMs from a feature map, in fp32 whatever the backbone's precision."""
         with torch.inference_mode():
             feats = feats.float()
             with torch.autocast(device_type=self.runtime.device.type, enabled=False):
                 logits = self.model.forward_head(feats)
             cams = cam.class_activation_map(feats, self.classifier) if self.heatmap_method == "cam" else None
-        return self._calibrated(logits), cams
+        return logits.float()[:, 0], cams
 
     def _calibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits.float()[:, 0] / self.temperature + self.logit_bias)
+        """(B,) logits -> calibrated probabilities in fp32: sigmoid(logit / temperature + bias)."""
+        return torch.sigmoid(logits / self.temperature + self.logit_bias).float()
 
     def __call__(self, batch: dict) -> BatchResult:
         errors = list(batch["error"])

@@ -62,6 +62,7 @@ class Runtime(_JsonShaped):
     heatmap_method: str
     engine: dict = field(default_factory=dict)
     glibc_tunables: str = ""
+    tta: str = "none"  # the test-time augmentation used (the model's unless --tta said otherwise)
 
 
 @dataclass(frozen=True)

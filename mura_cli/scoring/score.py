@@ -249,6 +249,7 @@ def _run_record(
             heatmap_method=predictor.heatmap_method,
             engine=predictor.engine.to_dict(),
             glibc_tunables=environment.current().glibc_tunables,
+            tta=predictor.tta,
         ),
         aggregation=method,
         threshold=threshold,

@@ -166,6 +166,7 @@ def model_config_for(config: TrainConfig) -> ModelConfig:
         resize=config.resize,
         output_stride=config.output_stride,
         pooling=config.pooling,
+        tta=config.tta,
         name=config.name or Path(config.out_dir).name,
         positive_class=config.positive_class,
         negative_class=config.negative_class,
