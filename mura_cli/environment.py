@@ -8,6 +8,7 @@ own value with `using(Environment(...))`; without one, each call reads the varia
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -44,33 +45,42 @@ class Environment:
         def path(name: str) -> Path | None:
             return Path(env[name]).expanduser() if env.get(name) else None
 
+        def number(name: str, default: int) -> int:  # a malformed value counts as unset
+            try:
+                return int(env.get(name, default))
+            except ValueError:
+                return default
+
         return cls(
             cache_home=path("XDG_CACHE_HOME") or Path.home() / ".cache",
             models_dir=path(MODELS_DIR_ENV),
             decoded_cache=path(DECODED_CACHE_ENV),
             engine_cache=path(ENGINE_CACHE_ENV),
-            world_size=int(env.get("WORLD_SIZE", "1")),
-            rank=int(env.get("RANK", "0")),
-            local_rank=int(env.get("LOCAL_RANK", "0")),
+            world_size=number("WORLD_SIZE", 1),
+            rank=number("RANK", 0),
+            local_rank=number("LOCAL_RANK", 0),
             glibc_tunables=env.get("GLIBC_TUNABLES", ""),
         )
 
 
-_chosen: list[Environment] = []
+_chosen: contextvars.ContextVar[Environment | None] = contextvars.ContextVar(
+    "mura_cli_environment", default=None
+)
 
 
 def current() -> Environment:
-    """The environment in force: the innermost `using(...)`, else the process's variables now."""
-    return _chosen[-1] if _chosen else Environment.from_os()
+    """The environment in force: the innermost `using(...)` of this thread or task, else the process's
+    variables now."""
+    return _chosen.get() or Environment.from_os()
 
 
 @contextlib.contextmanager
 def using(environment: Environment) -> Iterator[Environment]:
-    _chosen.append(environment)
+    token = _chosen.set(environment)
     try:
         yield environment
     finally:
-        _chosen.pop()
+        _chosen.reset(token)
 
 
 def child_environment(python_path_first: str | None = None) -> dict[str, str]:

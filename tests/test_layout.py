@@ -81,3 +81,10 @@ def test_an_explicit_environment_replaces_the_variables(tmp_path, monkeypatch):
         assert default_cache_dir() == tmp_path / "home" / "mura-cli" / "engines"
         assert model_search_dirs()[0] == tmp_path / "mine"
     assert default_cache_dir() == tmp_path / "from-variable"
+
+
+def test_malformed_rank_variables_count_as_unset():
+    from mura_cli.environment import Environment
+
+    env = Environment.from_os({"WORLD_SIZE": "", "RANK": "x", "LOCAL_RANK": "1"})
+    assert (env.world_size, env.rank, env.local_rank) == (1, 0, 1)

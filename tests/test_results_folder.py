@@ -99,3 +99,27 @@ def test_the_run_record_is_written_once_and_read_back_whole(tmp_path, tiny_model
     (out / "run.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match=r"run.json is damaged: 'model.weights_sha256' is not a str"):
         score_folder(config, resume=True)
+
+
+def test_resume_refuses_rows_scored_with_other_settings(tmp_path, tiny_model, mura_folder):
+    from mura_cli.config import ScoreConfig
+    from mura_cli.scoring.score import score_folder
+
+    def config(**kw):
+        return ScoreConfig(
+            input=str(mura_folder), out_dir=str(tmp_path / "out"), model=str(tiny_model), workers=0, **kw
+        )
+
+    score_folder(config())
+    with pytest.raises(InputError, match=r"scored with other settings \(group_by, tta\)"):
+        score_folder(config(tta="flip", group_by="image"), resume=True)
+    assert score_folder(config(tta="none"), resume=True).run.resumed_images > 0  # the model's tta, named
+
+
+def test_calibrate_leaves_the_shipped_models_alone(tmp_path):
+    from mura_cli.config import CalibrateConfig
+    from mura_cli.evaluation.calibrate import calibrate_model
+    from mura_cli.model.factory import resolve_model_dir
+
+    with pytest.raises(InputError, match="copy the folder and calibrate the copy"):
+        calibrate_model(CalibrateConfig(model=str(resolve_model_dir(None)), data=str(tmp_path)))

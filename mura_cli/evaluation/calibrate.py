@@ -43,6 +43,11 @@ class CalibrationResult:
 
 def calibrate_model(config: CalibrateConfig) -> CalibrationResult:
     model_dir = resolve_model_dir(config.model)
+    if _is_shipped(model_dir):
+        raise InputError(
+            f"{model_dir}: a model shipped with mura-cli; copy the folder and calibrate the copy "
+            "(mura-cli models lists it; --model takes the copy's path)"
+        )
     loaded = load_model(model_dir)
     table = read_dataset(config.data)
     split = config.split or default_split(table)
@@ -62,11 +67,22 @@ def calibrate_model(config: CalibrateConfig) -> CalibrationResult:
     after = _summary(rows, rescale(probabilities, temperature, bias), threshold, new)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {"tool": f"mura-cli {__version__}", "at": stamp, "data": config.data, "split": split,
-              "images": int(usable.sum()), "before": before, "after": after}  # fmt: skip
+              "images": int(usable.sum()), "probabilities_with_tta": tta, "before": before, "after": after,
+              "note": "evaluation.json and precision_checks, where present, predate this calibration"}  # fmt: skip
     new = new.replace(provenance={**old.provenance, "calibrated": record})
     text = json.dumps(new.to_dict(), indent=2) + "\n"
     atomic_write_bytes(model_dir / CONFIG_FILE, text.encode("utf-8"))
     return CalibrationResult(str(model_dir), split, int(usable.sum()), tta, before, after)
+
+
+def _is_shipped(model_dir) -> bool:
+    from mura_cli.resources import data_dir
+
+    try:
+        shipped = data_dir("models").resolve()
+    except FileNotFoundError:
+        return False
+    return model_dir.resolve().is_relative_to(shipped)
 
 
 def _raw_probabilities(raw: LoadedModel, rows, config: CalibrateConfig) -> np.ndarray:

@@ -352,6 +352,7 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
     files = _write(out_dir, images, studies, result)
     picked = pick_errors(studies, config.gallery) if pictures is not None else {}
     result["gallery"] = picked
+    files["metrics.json"] = write_json(result, out_dir / "metrics.json")  # kept should a report fail
     if config.pdf:
         notify(EvalEvent("report", message="Writing the PDF report"))
         from mura_cli.report.pdf import render_eval_report
@@ -376,7 +377,9 @@ def _review_record(config: EvalConfig, loaded, started: str, images, studies, th
         started=started,
         tool=Tool(version=__version__),
         config=config.to_dict(),
-        model=ModelIdentity(loaded.config.name, loaded.weights_sha256),
+        model=ModelIdentity(
+            loaded.config.name, loaded.weights_sha256, str(loaded.path), loaded.config.to_dict()
+        ),
         input_root=str(data if data.is_dir() else data.parent),
         aggregation=method,
         threshold=threshold,

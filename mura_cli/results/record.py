@@ -113,6 +113,9 @@ class RunRecord(_JsonShaped):
     report_error: str = ""
     error: str = ""
     notices: tuple = ()  # lines said to the user about the input (e.g. how studies were grouped)
+    # what makes an image's row besides the weights (calibration, tta, input, grouping): --resume
+    # refuses to add rows made otherwise (empty in records of older versions: not checked)
+    scoring: dict = field(default_factory=dict)
     merged_from: tuple = ()  # merge: one entry per shard folder
     shards: int | None = None  # merge: how many shards made this folder
 

@@ -21,7 +21,8 @@ from mura_cli.results.shard import walk_order_key
 from mura_cli.results.writers import write_csv
 
 # run.json config fields that may differ between shards (where and how fast, not what)
-_FREE_SETTINGS = {"input", "out_dir", "shard", "workers", "batch_size", "device", "model", "pdf"}
+# ("tta" is compared as scored, runtime.tta: unset means the model's, which may be what another shard named)
+_FREE_SETTINGS = {"input", "out_dir", "shard", "workers", "batch_size", "device", "model", "pdf", "tta"}
 
 
 def _load_shard(folder: Path) -> tuple[RunRecord, pd.DataFrame, pd.DataFrame]:
@@ -64,6 +65,7 @@ def _settings(run: RunRecord) -> dict:
         "weights_sha256": run.model.weights_sha256,
         "precision": run.runtime.precision,
         "heatmap_method": run.runtime.heatmap_method,
+        "tta": run.runtime.tta,
         "threshold": run.threshold,
         "aggregation": run.aggregation,
         "shard count": run.shard.count,

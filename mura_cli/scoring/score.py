@@ -82,13 +82,14 @@ def prepare_out_dir(
     weights_sha256: str,
     input_root: Path | None = None,
     inputs: tuple[Path, ...] = (),
+    scoring: dict | None = None,
 ) -> pd.DataFrame:
     """Refuse to replace earlier results unless asked to; with ``resume``, return the rows an
     interrupted run scored (checked to come from the same model and input folder; failed rows are
     left out, so that they are tried again)."""
     existing = check_out_dir(out_dir, RESULT_FILES, inputs=inputs, overwrite=overwrite, resume=resume)
     if resume:
-        return _finished_rows(out_dir, weights_sha256, input_root)
+        return _finished_rows(out_dir, weights_sha256, input_root, scoring or {})
     out_dir.mkdir(parents=True, exist_ok=True)
     if existing:  # --overwrite: set aside, deleted only once the new run has finished (score_folder)
         previous = out_dir / PREVIOUS_FOLDER
@@ -100,7 +101,26 @@ def prepare_out_dir(
     return pd.DataFrame(columns=IMAGE_COLUMNS)
 
 
-def _finished_rows(out_dir: Path, weights_sha256: str, input_root: Path | None) -> pd.DataFrame:
+def scoring_settings(config: ScoreConfig, loaded) -> dict:
+    """What makes an image's row besides the weights: calibration, test-time augmentation, the input
+    canvas, heatmap cells and how studies are grouped."""
+    cfg = loaded.config
+    return {
+        "temperature": cfg.temperature,
+        "logit_bias": cfg.logit_bias,
+        "tta": config.tta or cfg.tta,
+        "input_size": list(cfg.input_size),
+        "resize": cfg.resize,
+        "output_stride": cfg.output_stride,
+        "pooling": cfg.pooling,
+        "heatmaps": config.heatmaps,
+        "group_by": config.group_by,
+    }
+
+
+def _finished_rows(
+    out_dir: Path, weights_sha256: str, input_root: Path | None, scoring: dict
+) -> pd.DataFrame:
     if not (out_dir / "images.csv").is_file():
         raise InputError(f"{out_dir}: nothing to resume (no images.csv)")
     try:
@@ -112,6 +132,12 @@ def _finished_rows(out_dir: Path, weights_sha256: str, input_root: Path | None) 
         raise InputError(
             f"{out_dir}: its results come from another model (weights sha256 {earlier[:12]}...); "
             "resume with the same --model, or use --overwrite"
+        )
+    differ = sorted(k for k in record.scoring if k in scoring and record.scoring[k] != scoring[k])
+    if differ:
+        raise InputError(
+            f"{out_dir}: its results were scored with other settings ({', '.join(differ)}); resume with "
+            "the same model configuration and options, or use --overwrite"
         )
     earlier_root = record.input_root
     # run.json holds names as written (mura_cli.inputs.names): compare like with like
@@ -273,6 +299,7 @@ def _start_record(
         model=ModelIdentity(loaded.config.name, loaded.weights_sha256),
         input_root=str(input_root),
         notices=notices,
+        scoring=scoring_settings(config, loaded),
     )
 
 
@@ -359,7 +386,13 @@ def _score_into(
     """The part of score_folder that writes into the (locked) results folder."""
     done, changed = unchanged_rows(
         prepare_out_dir(
-            out_dir, overwrite, resume, loaded.weights_sha256, discovery.root, inputs=(Path(config.input),)
+            out_dir,
+            overwrite,
+            resume,
+            loaded.weights_sha256,
+            discovery.root,
+            inputs=(Path(config.input),),
+            scoring=scoring_settings(config, loaded),
         ),
         discovery.images,
     )

@@ -341,6 +341,8 @@ class Trainer:
         )
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:  # a checkpoint without an average: start it from the loaded weights
+            self.ema.set(self.model)
 
 
 def validate_images(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> pd.DataFrame:
