@@ -18,7 +18,6 @@ class GalleryEntry:
     kind: str  # one of KINDS
     study_id: str
     body_part: str
-    label: int
     probability: float
     images: tuple[tuple[str, float, Thumbnails | None], ...]  # (path, image probability, pictures)
 
@@ -50,7 +49,6 @@ def gallery_entries(
                     kind,
                     study,
                     str(by_study.loc[study, "body_part"] or ""),
-                    int(by_study.loc[study, "label"]),
                     float(by_study.loc[study, "probability"]),
                     tuple(
                         (path, float(p), pictures.get(path))
