@@ -354,6 +354,13 @@ class TrainConfig:
     box_loss_from: int = option(
         0, "First epoch (0-based) with the box loss; the best checkpoint is chosen from then on.", min=0
     )
+    lesion_erase: float = option(
+        0.0,
+        "With --boxes: share of boxed positive images shown with their boxes erased and labelled "
+        "negative (the same share has a region elsewhere erased, label kept).",
+        min=0.0,
+        max=0.5,
+    )
     tta: str = option(
         "none",
         "Test-time augmentation the model is validated, calibrated and shipped with: none, or flip "
@@ -401,6 +408,8 @@ class TrainConfig:
             raise ValueError(f"resume_changes may name epochs and patience, not {', '.join(bad)}")
         if not self.box_loss_from < self.epochs:
             raise ValueError("box_loss_from must be an epoch of the run (0 to epochs - 1)")
+        if self.lesion_erase > 0 and not self.boxes:
+            raise ValueError("lesion_erase needs boxes (the lesions to erase)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,7 +19,8 @@ class AugmentedDataset(Dataset):
 
     With ``boxes`` (image key -> lesion boxes in original pixels), each item also carries ``box_mask``
     (1, H, W) uint8: the boxes grown by ``box_grow`` on the canvas, moved by the same flip and affine
-    as the image, and ``has_boxes``."""
+    as the image, and ``has_boxes``; ``erase`` > 0 adds lesion erasing (``training.erasing``) after the
+    augmentation."""
 
     def __init__(
         self,
@@ -28,9 +29,10 @@ class AugmentedDataset(Dataset):
         augment,
         boxes: dict | None = None,
         box_grow: float = 0.25,
+        erase: float = 0.0,
     ):
         self.source, self.records, self.augment = source, list(records), augment
-        self.boxes, self.box_grow = boxes, box_grow
+        self.boxes, self.box_grow, self.erase = boxes, box_grow, erase
 
     def __len__(self) -> int:
         return len(self.records)
@@ -49,6 +51,10 @@ class AugmentedDataset(Dataset):
                 item["image"] = self.augment(item["image"])
         item["label"] = int(record.label)
         item["body_part"] = record.body_part
+        if self.boxes is not None and self.erase > 0:
+            from mura_cli.training.erasing import lesion_erasing
+
+            item = lesion_erasing(item, self.erase)
         return item
 
     def _mask(self, record: ImageRecord, item: dict) -> dict:
@@ -96,11 +102,18 @@ def create_train_loader(
     source=None,
     boxes: dict | None = None,
     box_grow: float = 0.25,
+    erase: float = 0.0,
 ) -> DataLoader:
     """Shuffled batches; ``shard=(rank, world, seed)`` gives this process its DistributedSampler share;
-    ``source`` gives canvases (the decoded cache) instead of decoding; ``boxes`` adds box masks."""
+    ``source`` gives canvases (the decoded cache) instead of decoding; ``boxes`` adds box masks;
+    ``erase`` the lesion-erasing probability."""
     dataset = AugmentedDataset(
-        source if source is not None else ImageDataset(records, model_cfg), records, augment, boxes, box_grow
+        source if source is not None else ImageDataset(records, model_cfg),
+        records,
+        augment,
+        boxes,
+        box_grow,
+        erase,
     )
     sampler = None
     if shard is not None:

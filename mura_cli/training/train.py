@@ -292,6 +292,8 @@ class Trainer:
         """The box loss over this batch's positive images that have boxes (None when there are none)."""
         if "box_mask" not in batch or self.epoch < self.config.box_loss_from:
             return None
+        if self.config.box_loss_weight == 0:  # boxes loaded for lesion erasing only
+            return None
         chosen = torch.as_tensor(batch["has_boxes"], dtype=torch.bool)[valid].to(y.device) & (y > 0.5)
         if not bool(chosen.any()):
             return None
@@ -500,6 +502,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
         source=train_source,
         boxes=training_boxes(config),
         box_grow=config.box_grow,
+        erase=config.lesion_erase,
     )
     notify(
         TrainEvent(
@@ -515,8 +518,9 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
 
 
 def training_boxes(config: TrainConfig) -> dict | None:
-    """The lesion boxes for the box loss, or None without ``--boxes`` (or with weight 0)."""
-    if not config.boxes or config.box_loss_weight == 0:
+    """The lesion boxes for the box loss and lesion erasing, or None without ``--boxes`` (or with
+    neither a box-loss weight nor erasing)."""
+    if not config.boxes or (config.box_loss_weight == 0 and config.lesion_erase == 0):
         return None
     from mura_cli.inputs.boxes import read_boxes
 

@@ -1,0 +1,87 @@
+"""Lesion erasing: counterfactual training images that teach the model the lesion is the finding.
+
+A fractured image with boxes is, with probability ``p``, shown with its (grown) boxes erased and
+labelled negative; with another ``p`` it is shown with a region of the same shape erased elsewhere and
+keeps its label. An erased patch thus comes with either label equally often and is no cue by itself:
+only what it covers decides. Images without boxes are left as they are.
+
+Erasing here fills a region with its own mean grey or with a coarse blur of itself, never with the
+image's mean grey that `evaluate`'s deletion test uses, so that test stays a check on unseen edits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+PLACEMENT_TRIES = 20
+
+
+def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(r0, r1, c0, c1) of the mask's non-zero pixels (half-open)."""
+    rows = torch.nonzero(mask.any(dim=1)).flatten()
+    cols = torch.nonzero(mask.any(dim=0)).flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def shifted_elsewhere(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The (H, W) mask's shape moved to a random place where its bounding box misses the original's;
+    None when the canvas has no such room."""
+    height, width = mask.shape
+    r0, r1, c0, c1 = _bounds(mask)
+    h, w = r1 - r0, c1 - c0
+    if h >= height or w >= width:
+        return None
+    for _ in range(PLACEMENT_TRIES):
+        top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+        if top < r1 and r0 < top + h and left < c1 and c0 < left + w:
+            continue
+        out = torch.zeros_like(mask)
+        out[top : top + h, left : left + w] = mask[r0:r1, c0:c1]
+        return out
+    return None
+
+
+def erase(image: torch.Tensor, mask: torch.Tensor, blur: bool) -> torch.Tensor:
+    """A copy of the (C, H, W) uint8 image with the (H, W) mask's pixels replaced by their own mean
+    grey, or (``blur``) by a coarse blur of the region's bounding box (fine lines gone, density kept)."""
+    out = image.clone()
+    inside = mask.bool()
+    if not inside.any():
+        return out
+    if not blur:
+        grey = image[:, inside].float().mean(dim=1).round().to(image.dtype)
+        out[:, inside] = grey[:, None]
+        return out
+    r0, r1, c0, c1 = _bounds(mask)
+    crop = image[:, r0:r1, c0:c1].float()[None]
+    step = max(4, min(r1 - r0, c1 - c0) // 4)
+    small = F.avg_pool2d(crop, step, ceil_mode=True, count_include_pad=False)
+    coarse = F.interpolate(small, size=crop.shape[-2:], mode="bilinear", align_corners=False)[0]
+    region = out[:, r0:r1, c0:c1]
+    keep = inside[r0:r1, c0:c1]
+    region[:, keep] = coarse[:, keep].round().clamp(0, 255).to(image.dtype)
+    return out
+
+
+def lesion_erasing(item: dict, probability: float, generator: torch.Generator | None = None) -> dict:
+    """The training item (``image``, ``box_mask``, ``has_boxes``, ``label``) after lesion erasing with
+    ``probability`` (at most 0.5): lesion erased and label 0, or erased elsewhere, or unchanged.
+    ``item['erased']`` says which: 'lesion', 'elsewhere' or ''."""
+    item = {**item, "erased": ""}
+    if probability <= 0 or item.get("error") or not item.get("has_boxes") or int(item["label"]) != 1:
+        return item
+    draw = float(torch.rand((), generator=generator))
+    blur = bool(torch.rand((), generator=generator) < 0.5)
+    mask = item["box_mask"][0]
+    if not mask.any():  # the augmentation moved every box off the canvas
+        return item
+    if draw < probability:
+        item.update(image=erase(item["image"], mask, blur), label=0, has_boxes=False, erased="lesion")
+        item["box_mask"] = torch.zeros_like(item["box_mask"])
+    elif draw < 2 * probability:
+        moved = shifted_elsewhere(mask, generator)
+        if moved is not None:
+            item.update(image=erase(item["image"], moved, blur), erased="elsewhere")
+    return item

@@ -1,0 +1,98 @@
+"""Lesion erasing (train --lesion-erase): counterfactual training images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mura_cli.config import TrainConfig
+from mura_cli.training import erasing
+
+
+def _item(label: int = 1, has_boxes: bool = True) -> dict:
+    g = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 256, (1, 64, 64), generator=g, dtype=torch.uint8)
+    mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    if has_boxes:
+        mask[0, 10:26, 12:30] = 1
+    return {"image": image, "box_mask": mask, "has_boxes": has_boxes, "label": label, "error": ""}
+
+
+@pytest.mark.parametrize("blur", [False, True])
+def test_erase_changes_only_the_region(blur):
+    item = _item()
+    inside = item["box_mask"][0].bool()
+    out = erasing.erase(item["image"], item["box_mask"][0], blur)
+    assert torch.equal(out[:, ~inside], item["image"][:, ~inside])
+    region = out[:, inside].float()
+    assert region.std() < item["image"][:, inside].float().std() / 3  # the fine detail is gone
+    assert abs(region.mean() - item["image"][:, inside].float().mean()) < 8  # its density is kept
+
+
+def test_a_lesion_erased_positive_becomes_negative_without_box_loss():
+    out = erasing.lesion_erasing(_item(), 0.5, torch.Generator().manual_seed(0))
+    seen = {out["erased"]}
+    for seed in range(1, 40):
+        out = erasing.lesion_erasing(_item(), 0.5, torch.Generator().manual_seed(seed))
+        seen.add(out["erased"])
+        if out["erased"] == "lesion":
+            assert out["label"] == 0 and not out["has_boxes"] and not out["box_mask"].any()
+        else:  # at 0.5 the other half is erased elsewhere, label and boxes kept
+            assert out["erased"] == "elsewhere" and out["label"] == 1 and out["has_boxes"]
+            changed = (out["image"] != _item()["image"])[0]
+            assert changed.any() and not (changed & _item()["box_mask"][0].bool()).any()
+    assert seen == {"lesion", "elsewhere"}
+
+
+def test_negatives_and_images_without_boxes_are_left_alone():
+    for item in (_item(label=0), _item(has_boxes=False)):
+        out = erasing.lesion_erasing(item, 0.5, torch.Generator().manual_seed(0))
+        assert out["erased"] == "" and out["label"] == item["label"]
+        assert torch.equal(out["image"], item["image"])
+
+
+def test_elsewhere_keeps_the_shape_and_misses_the_box():
+    mask = _item()["box_mask"][0]
+    moved = erasing.shifted_elsewhere(mask, torch.Generator().manual_seed(3))
+    assert moved.sum() == mask.sum()
+    assert not (moved.bool() & mask.bool()).any()
+    full = torch.ones(64, 64, dtype=torch.uint8)
+    assert erasing.shifted_elsewhere(full) is None
+
+
+def test_lesion_erase_needs_boxes():
+    with pytest.raises(ValueError, match="needs boxes"):
+        TrainConfig(data="-", out_dir="x", lesion_erase=0.2)
+    with pytest.raises(ValueError):
+        TrainConfig(data="-", out_dir="x", boxes="b.csv", lesion_erase=0.6)
+
+
+def test_the_training_loader_labels_erased_lesions_negative():
+    from pathlib import Path
+
+    from mura_cli.inputs.discover import ImageRecord
+    from mura_cli.training.augment import create_train_loader
+
+    class Canvases(torch.utils.data.Dataset):
+        def __len__(self):
+            return 32
+
+        def __getitem__(self, index):
+            image = torch.full((1, 64, 64), 40, dtype=torch.uint8)
+            image[0, 16:32, 16:32] = 220  # the lesion
+            return {"image": image, "geometry": torch.tensor([64, 64, 64, 64, 0, 0]), "error": ""}
+
+    records = [ImageRecord(Path(f"/x/{k}.png"), f"{k}.png", "raster", f"s{k}", label=1) for k in range(32)]
+    boxes = {f"{k}.png": [(16.0, 16.0, 32.0, 32.0)] for k in range(32)}
+    torch.manual_seed(0)
+    loader = create_train_loader(
+        records, None, None, 32, 0, torch.device("cpu"), torch.Generator().manual_seed(0),
+        source=Canvases(), boxes=boxes, erase=0.5,
+    )  # fmt: skip
+    batch = next(iter(loader))
+    lesion = torch.tensor([e == "lesion" for e in batch["erased"]])
+    assert lesion.any() and (~lesion).any()
+    assert (batch["label"][lesion] == 0).all() and (batch["label"][~lesion] == 1).all()
+    lesion_area = batch["image"][:, 0, 16:32, 16:32].float().mean(dim=(1, 2))
+    assert (lesion_area[lesion] < 200).all()  # the bright lesion is mostly gone
+    assert (batch["image"][~lesion][:, 0, 16:32, 16:32] == 220).all()
