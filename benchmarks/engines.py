@@ -1,6 +1,7 @@
-"""Engines side by side on the shipped model (issue 13): raw backbone+head rate per engine, `score`
-end to end with heatmaps per engine, decoding overlapped with OpenVINO or in line, and how far the
-engine's images.csv is from torch's. `benchmarks/run.py` includes these rows (`engine_rows`).
+"""Engines side by side on the shipped model (issue 13): raw backbone+head rate per engine (torch
+eager and each installed exported engine: OpenVINO, ONNX Runtime), `score` end to end with heatmaps
+per engine, decoding overlapped with auto's engine or in line, and how far each engine's images.csv
+is from torch's. `benchmarks/run.py` includes these rows (`engine_rows`).
 
     python benchmarks/engines.py            # FracAtlas images from ../shared, else a synthetic corpus
 
@@ -40,8 +41,15 @@ def fracatlas_corpus(work: Path, images: int) -> Path | None:
     return folder
 
 
+def installed_engines() -> list[str]:
+    """torch and the exported engines installed here, in auto's order of preference."""
+    from mura_cli.inference import engines
+
+    return ["torch", *[name for name in engines.EXPORTED if engines.engine_version(name)]]
+
+
 def raw_rates(model_dir: Path, batch: int, seconds: float, cache: Path) -> dict[str, float]:
-    """Images/s of the backbone and head on random input, torch eager (channels_last) vs OpenVINO."""
+    """Images/s of the backbone and head on random input, torch eager (channels_last) vs the others."""
     from mura_cli.inference.device import create_runtime
     from mura_cli.inference.predictor import Predictor
     from mura_cli.model.factory import load_model
@@ -49,10 +57,12 @@ def raw_rates(model_dir: Path, batch: int, seconds: float, cache: Path) -> dict[
     loaded = load_model(model_dir)
     runtime = create_runtime("cpu", "fp32")
     rates = {}
-    for engine in ("torch", "openvino"):
+    for engine in installed_engines():
         started = time.perf_counter()
         predictor = Predictor(loaded, runtime, heatmaps=True, tta="none", engine=engine, engine_cache=cache)
-        rates[f"{engine}_setup_s"] = time.perf_counter() - started  # OpenVINO: export + probe check
+        rates[f"{engine}_setup_s"] = time.perf_counter() - started  # exported engines: export + probe check
+        if predictor.engine.name != engine:
+            raise SystemExit(f"{engine} could not be used: {predictor.engine.reason}")
         x = predictor.prepare(
             torch.randint(0, 255, (batch, 1, *loaded.config.input_size[1:]), dtype=torch.uint8)
         )
@@ -94,8 +104,10 @@ def score_once(
     )
 
 
-def pipeline_rates(corpus: Path, model_dir: Path, batch: int, repeats: int, cache: Path) -> dict[str, float]:
-    """Images/s of decode + OpenVINO + heatmap peaks (no CSV, no report), the next batch decoded in a
+def pipeline_rates(
+    corpus: Path, model_dir: Path, batch: int, repeats: int, cache: Path, engine: str
+) -> dict[str, float]:
+    """Images/s of decode + ``engine`` + heatmap peaks (no CSV, no report), the next batch decoded in a
     thread while the engine runs (what `score` does) against decoding in line, interleaved."""
     from mura_cli.inference.device import create_runtime
     from mura_cli.inference.predictor import Predictor, predict_records
@@ -106,7 +118,7 @@ def pipeline_rates(corpus: Path, model_dir: Path, batch: int, repeats: int, cach
         load_model(model_dir),
         create_runtime("cpu", "fp32"),
         tta="none",
-        engine="openvino",
+        engine=engine,
         engine_cache=cache,
     )
     records = list(discover(corpus).images)
@@ -121,63 +133,67 @@ def pipeline_rates(corpus: Path, model_dir: Path, batch: int, repeats: int, cach
 
 
 def engine_rows(model_dir: Path, corpus: Path, work: Path, batch: int, repeats: int, seconds: float):
-    """The engine rows (measurement, result, ratio) and the OpenVINO version; the export is made
-    fresh in ``work`` and timed."""
+    """The engine rows (measurement, result, ratio) and the engines' versions; exports are made fresh
+    in ``work`` and timed."""
+    from mura_cli.inference.engines import LABELS
+
     cache = work / "engine-cache"
+    names = installed_engines()
+    best = names[1] if len(names) > 1 else "torch"  # what `--engine auto` takes here
     raw = raw_rates(model_dir, batch, seconds, cache)
-    pipeline = pipeline_rates(corpus, model_dir, batch, repeats, cache)
-    score_once(corpus, str(model_dir), work / "warm", "openvino", batch, cache)  # warm-up; then alternate
-    rates, tables, engines = {"torch": [], "openvino": []}, {}, {}
+    pipeline = pipeline_rates(corpus, model_dir, batch, repeats, cache, best)
+    score_once(corpus, str(model_dir), work / "warm", best, batch, cache)  # warm-up; then alternate
+    rates, tables, info = {name: [] for name in names}, {}, {}
     for _ in range(repeats):
-        for engine in ("torch", "openvino"):
-            rate, tables[engine], engines[engine] = score_once(
+        for engine in names:
+            rate, tables[engine], info[engine] = score_once(
                 corpus, str(model_dir), work / engine, engine, batch, cache
             )
             rates[engine].append(rate)
     e2e = {engine: statistics.median(values) for engine, values in rates.items()}
-    a, b = tables["torch"], tables["openvino"]
+    kind = "FracAtlas" if "fracatlas" in str(corpus) else "synthetic"
+    rows = [
+        (
+            "engines: model",
+            f"{model_dir.name}",
+            f"{len(tables['torch'])} images ({kind}), batch {batch}, fp32",
+        )
+    ]
+    for name in names:
+        ratio = "1.00x" if name == "torch" else f"{raw[name] / raw['torch']:.2f}x of torch"
+        rows.append((f"raw forward + head + CAM, {LABELS[name]}", f"{raw[name]:.1f} img/s", ratio))
+    rows.append(
+        (
+            f"decode + {LABELS[best]} + peaks: next batch decoded in a thread / in line",
+            f"{pipeline['overlapped']:.1f} / {pipeline['in line']:.1f} img/s",
+            f"overlap gives {pipeline['overlapped'] / pipeline['in line']:.2f}x; "
+            f"{pipeline['overlapped'] / raw[best]:.2f}x of {LABELS[best]} raw",
+        )
+    )
+    for name in names:
+        ratio = f"{e2e[name] / raw[name]:.2f}x of {LABELS[name]} raw"
+        if name != "torch":
+            ratio = f"{e2e[name] / e2e['torch']:.2f}x of torch end to end; " + ratio
+        rows.append((f"score end to end with heatmaps, {LABELS[name]}", f"{e2e[name]:.1f} img/s", ratio))
+    for name in names[1:]:
+        rows.append(
+            (
+                f"{LABELS[name]} export + probe check (first use of a model)",
+                f"{raw[name + '_setup_s']:.1f} s",
+                f"cached after that, per weights and {LABELS[name]} version",
+            )
+        )
+        rows.append((f"images.csv, {LABELS[name]} vs torch", *_agreement(tables["torch"], tables[name])))
+    versions = ", ".join(f"{name} {info[name]['version'].split('-')[0]}" for name in names[1:])
+    return rows, versions
+
+
+def _agreement(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str, str]:
     difference = float(np.nanmax(np.abs(a["probability"].to_numpy(float) - b["probability"].to_numpy(float))))
     same_peak = float(
         ((a["heatmap_peak_x"] == b["heatmap_peak_x"]) & (a["heatmap_peak_y"] == b["heatmap_peak_y"])).mean()
     )
-    kind = "FracAtlas" if "fracatlas" in str(corpus) else "synthetic"
-    rows = [
-        ("engines: model", f"{model_dir.name}", f"{len(a)} images ({kind}), batch {batch}, fp32"),
-        ("raw forward + head + CAM, torch eager", f"{raw['torch']:.1f} img/s", "1.00x"),
-        (
-            "raw forward + head + CAM, OpenVINO",
-            f"{raw['openvino']:.1f} img/s",
-            f"{raw['openvino'] / raw['torch']:.2f}x of torch",
-        ),
-        (
-            "decode + OpenVINO + peaks: next batch decoded in a thread / in line",
-            f"{pipeline['overlapped']:.1f} / {pipeline['in line']:.1f} img/s",
-            f"overlap gives {pipeline['overlapped'] / pipeline['in line']:.2f}x; "
-            f"{pipeline['overlapped'] / raw['openvino']:.2f}x of OpenVINO raw",
-        ),
-        (
-            "score end to end with heatmaps, torch",
-            f"{e2e['torch']:.1f} img/s",
-            f"{e2e['torch'] / raw['torch']:.2f}x of torch raw",
-        ),
-        (
-            "score end to end with heatmaps, OpenVINO",
-            f"{e2e['openvino']:.1f} img/s",
-            f"{e2e['openvino'] / e2e['torch']:.2f}x of torch end to end; "
-            f"{e2e['openvino'] / raw['openvino']:.2f}x of OpenVINO raw",
-        ),
-        (
-            "OpenVINO export + probe check (first use of a model)",
-            f"{raw['openvino_setup_s']:.1f} s",
-            "cached after that, per weights and OpenVINO version",
-        ),
-        (
-            "images.csv, OpenVINO vs torch",
-            f"max |p difference| {difference:.2e}",
-            f"same heatmap peak on {same_peak:.1%} of images",
-        ),
-    ]
-    return rows, engines["openvino"]["version"].split("-")[0]
+    return f"max |p difference| {difference:.2e}", f"same heatmap peak on {same_peak:.1%} of images"
 
 
 def main() -> None:
@@ -198,9 +214,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mura-engines-"))
     try:
         corpus = fracatlas_corpus(work, args.images) or build_corpus(work / "synthetic", args.images)
-        rows, version = engine_rows(model_dir, corpus, work, args.batch, args.repeats, args.seconds)
+        rows, versions = engine_rows(model_dir, corpus, work, args.batch, args.repeats, args.seconds)
         env = environment("cpu")
-        env["openvino"] = version
+        env["engines"] = versions
         publish(rows, env, "benchmarks/engines.py", args.results)
     finally:
         shutil.rmtree(work, ignore_errors=True)

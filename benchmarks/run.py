@@ -461,7 +461,7 @@ def run_all(args) -> list[tuple[str, str, str]]:
             )
         )
         rows.extend(pdf_rows([int(v) for v in args.pdf_studies.split(",") if v], work, e2e["img_s"]))
-        if not args.skip_engines and importlib.util.find_spec("openvino") is not None:
+        if not args.skip_engines and any(importlib.util.find_spec(m) for m in ("openvino", "onnxruntime")):
             from engines import engine_rows, fracatlas_corpus
 
             from mura_cli.model.factory import resolve_model_dir

@@ -79,6 +79,7 @@ class Engine(Choice):  # where the backbone runs (mura_cli.inference.engines)
     AUTO = "auto"
     TORCH = "torch"
     OPENVINO = "openvino"
+    ONNXRUNTIME = "onnxruntime"
 
 
 PRECISIONS = Precision.values()

@@ -220,8 +220,8 @@ _DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps."
 _PRECISION_HELP = "Autocast precision; auto: a reduced one only where verified for the model on this device."
 _WORKERS_HELP = "Decode workers (default: chosen for the device)."
 _ENGINE_HELP = (
-    "Where the backbone runs: auto (OpenVINO for fp32 on the CPU when installed, else torch), torch, "
-    "or openvino (exported once per model and checked against torch)."
+    "Where the backbone runs: auto (for fp32 on the CPU OpenVINO, else ONNX Runtime when installed, "
+    "else torch), torch, openvino or onnxruntime (exported once per model and checked against torch)."
 )
 _TTA_HELP = (
     "Test-time augmentation: none, or flip (average with the left-right mirror; 2x the model time); "

@@ -1,5 +1,5 @@
-"""Engines: OpenVINO gives torch's probabilities and peaks, its export is cached whole and rebuilt
-when broken, and any failure falls back to torch with one line."""
+"""Engines: OpenVINO and ONNX Runtime give torch's probabilities and peaks, their exports are cached
+whole and rebuilt when broken, and any failure falls back to torch with one line."""
 
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ from mura_cli.inference.predictor import Predictor
 
 from conftest import radiograph
 
-pytestmark = pytest.mark.skipif(engines.openvino_version() is None, reason="OpenVINO is not installed")
+ENGINES = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            engines.engine_version(name) is None, reason=f"{engines.LABELS[name]} is not installed"
+        ),
+    )
+    for name in engines.EXPORTED
+]
+needs_openvino = pytest.mark.skipif(engines.openvino_version() is None, reason="OpenVINO is not installed")
 
 
 def _scores(model, engine, cache):
@@ -26,49 +35,48 @@ def _scores(model, engine, cache):
     ).images
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("fixture", ["tiny_model", "resnet_model"])
-def test_openvino_gives_torchs_probabilities_and_peaks(fixture, request, tmp_path):
+def test_engines_give_torchs_probabilities_and_peaks(engine, fixture, request, tmp_path):
     model = mura_cli.load_model(request.getfixturevalue(fixture))
-    torch_rows, ov_rows = _scores(model, "torch", tmp_path), _scores(model, "openvino", tmp_path)
-    np.testing.assert_allclose(ov_rows["probability"], torch_rows["probability"], atol=1e-4)
-    assert ov_rows["heatmap_peak_x"].tolist() == torch_rows["heatmap_peak_x"].tolist()
-    assert ov_rows["heatmap_peak_y"].tolist() == torch_rows["heatmap_peak_y"].tolist()
-    predictor = Predictor(model, create_runtime("cpu", "fp32"), engine="openvino", engine_cache=tmp_path)
+    torch_rows, rows = _scores(model, "torch", tmp_path), _scores(model, engine, tmp_path)
+    np.testing.assert_allclose(rows["probability"], torch_rows["probability"], atol=1e-4)
+    assert rows["heatmap_peak_x"].tolist() == torch_rows["heatmap_peak_x"].tolist()
+    assert rows["heatmap_peak_y"].tolist() == torch_rows["heatmap_peak_y"].tolist()
+    predictor = Predictor(model, create_runtime("cpu", "fp32"), engine=engine, engine_cache=tmp_path)
     info = predictor.engine
-    assert (
-        info.name == "openvino"
-        and info.export_sha256
-        and info.probe_max_difference <= engines.PROBE_TOLERANCE
-    )
+    assert info.name == engine and info.export_sha256 and info.probe_max_difference <= engines.PROBE_TOLERANCE
 
 
-def test_the_export_is_cached_and_a_broken_entry_is_rebuilt(tiny_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_export_is_cached_and_a_broken_entry_is_rebuilt(engine, tiny_model, tmp_path, monkeypatch):
     model = mura_cli.load_model(tiny_model)
     runtime = create_runtime("cpu", "fp32")
-    first = Predictor(model, runtime, engine="openvino", engine_cache=tmp_path).engine
+    first = Predictor(model, runtime, engine=engine, engine_cache=tmp_path).engine
     [entry] = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
-    assert {p.name for p in entry.iterdir()} == {"model.xml", "model.bin", "meta.json"}
+    assert {p.name for p in entry.iterdir()} == {*engines.FILES[engine], "meta.json"}
     calls = []
-    real = engines.export_openvino
-    monkeypatch.setattr(engines, "export_openvino", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = Predictor(model, runtime, engine="openvino", engine_cache=tmp_path).engine
+    real = engines.export
+    monkeypatch.setattr(engines, "export", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = Predictor(model, runtime, engine=engine, engine_cache=tmp_path).engine
     assert calls == [] and again.export_sha256 == first.export_sha256  # read from the cache
-    bare = Predictor(model, runtime, heatmaps=False, engine="openvino", engine_cache=tmp_path).engine
+    bare = Predictor(model, runtime, heatmaps=False, engine=engine, engine_cache=tmp_path).engine
     assert calls == [] and bare.export_sha256 == first.export_sha256  # an entry checked with peaks serves
-    (entry / "model.bin").write_bytes(b"damaged")
-    rebuilt = Predictor(model, runtime, engine="openvino", engine_cache=tmp_path).engine
-    assert calls == [1] and rebuilt.name == "openvino"  # exported again (an export is not byte-identical)
-    assert engines.cached_export(entry)["export_sha256"] == rebuilt.export_sha256
+    (entry / engines.FILES[engine][-1]).write_bytes(b"damaged")
+    rebuilt = Predictor(model, runtime, engine=engine, engine_cache=tmp_path).engine
+    assert calls == [1] and rebuilt.name == engine  # exported again (an export need not be byte-identical)
+    assert engines.cached_export(entry, engine)["export_sha256"] == rebuilt.export_sha256
     assert json.loads((entry / "meta.json").read_text())["probe_passed"] is True
 
 
+@needs_openvino
 def test_a_failed_export_falls_back_to_torch_with_a_reason_and_still_scores(
     tiny_model, tmp_path, monkeypatch
 ):
     def broken(*args, **kwargs):
         raise RuntimeError("conversion\nexploded")
 
-    monkeypatch.setattr(engines, "export_openvino", broken)
+    monkeypatch.setattr(engines, "export", broken)
     monkeypatch.setenv(ENGINE_CACHE_ENV, str(tmp_path / "fresh-cache"))  # no export of earlier tests
     from mura_cli.config import ScoreConfig
 
@@ -93,6 +101,7 @@ def test_a_failed_export_falls_back_to_torch_with_a_reason_and_still_scores(
     assert "\n" not in engine["reason"] and result.images["probability"].notna().all()
 
 
+@needs_openvino
 def test_auto_takes_openvino_only_for_fp32_on_the_cpu():
     import torch
 
@@ -106,6 +115,31 @@ def test_auto_takes_openvino_only_for_fp32_on_the_cpu():
     assert engines.choose_engine("auto", cpu, "fp32", "")[0] == "torch"  # a module the caller built
     with pytest.raises(ValueError, match="--engine openvino: OpenVINO runs here on the CPU only"):
         engines.choose_engine("openvino", torch.device("cuda"), "fp32", "abc")
+
+
+def test_auto_falls_back_from_openvino_to_onnx_runtime_to_torch(monkeypatch):
+    import torch
+
+    cpu = torch.device("cpu")
+    installed = {"openvino": None, "onnxruntime": "1.32.0"}
+    monkeypatch.setattr(engines, "engine_version", lambda name: installed[name])
+    assert engines.choose_engine("auto", cpu, "fp32", "abc") == (
+        "onnxruntime",
+        "ONNX Runtime 1.32.0 (auto: fp32 on the CPU)",
+    )
+    assert engines.choose_engine("auto", cpu, "bf16", "abc") == (
+        "torch",
+        "torch (ONNX Runtime is used for fp32 only, not bf16)",  # the installed engine's reason
+    )
+    with pytest.raises(ValueError, match="--engine openvino: OpenVINO is not installed"):
+        engines.choose_engine("openvino", cpu, "fp32", "abc")
+    installed["onnxruntime"] = None
+    assert engines.choose_engine("auto", cpu, "fp32", "abc") == (
+        "torch",
+        "torch (neither OpenVINO nor ONNX Runtime is installed)",
+    )
+    with pytest.raises(ValueError, match=r"ONNX Runtime is not installed \(pip install 'mura-cli\[onnx\]'\)"):
+        engines.choose_engine("onnxruntime", cpu, "fp32", "abc")
 
 
 def test_prefetching_keeps_order_raises_the_producers_error_and_stops_when_closed():

@@ -121,35 +121,38 @@ class Predictor:
         name, why = engines.choose_engine(
             requested, self.runtime.device, self.runtime.precision, loaded.weights_sha256
         )
-        if name == "openvino" and self.heatmap_method == "gradcam":
+        if name != "torch" and self.heatmap_method == "gradcam":
             name, why = (
                 "torch",
-                "torch (Grad-CAM needs gradients through the head, which OpenVINO does not give)",
+                f"torch (Grad-CAM needs gradients through the head, which {engines.LABELS[name]} does not give)",
             )
         if name == "torch":
             return engines.EngineInfo("torch", torch.__version__, why)
         try:
-            return self._use_openvino(loaded, cache or engines.default_cache_dir(), why)
+            return self._use_engine(name, loaded, cache or engines.default_cache_dir(), why)
         except Exception as exc:  # any export or runtime failure: torch, said in one line
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             self.backbone = engines.TorchBackbone(self.model, self.runtime)
             return engines.EngineInfo(
-                "torch", torch.__version__, f"torch (the OpenVINO export failed: {reason})"
+                "torch", torch.__version__, f"torch (the {engines.LABELS[name]} export failed: {reason})"
             )
 
-    def _use_openvino(self, loaded: LoadedModel, cache: Path, why: str) -> engines.EngineInfo:
-        version = engines.openvino_version()
-        checked = cache / engines.export_key(loaded.weights_sha256, self.config, version, True)
-        folder, meta = checked, engines.cached_export(checked)  # checked with peaks: serves every run
+    def _use_engine(self, name: str, loaded: LoadedModel, cache: Path, why: str) -> engines.EngineInfo:
+        """Run the backbone in ``name`` from its cached export, made (and checked) first when missing."""
+        version = engines.engine_version(name)
+        key = lambda peaks: engines.export_key(loaded.weights_sha256, self.config, name, version, peaks)  # noqa: E731
+        checked = cache / key(True)
+        folder, meta = checked, engines.cached_export(checked, name)  # checked with peaks: serves every run
         if meta is None and self.heatmap_method != "cam":
-            folder = cache / engines.export_key(loaded.weights_sha256, self.config, version, False)
-            meta = engines.cached_export(folder)
+            folder = cache / key(False)
+            meta = engines.cached_export(folder, name)
         if meta is None:
-            meta = engines.export_openvino(
+            meta = engines.export(
+                name,
                 self.model,
                 self.config.input_size,
                 folder,
-                {"weights_sha256": loaded.weights_sha256, "openvino": version},
+                {"weights_sha256": loaded.weights_sha256, name: version},
                 self._probe_agreement,
             )
         if not meta["probe_passed"]:
@@ -158,11 +161,11 @@ class Predictor:
                 if meta["probe_max_difference"] > engines.PROBE_TOLERANCE
                 else "moves heatmap peaks to other cells on the probe batch"
             )
-            return engines.EngineInfo("torch", torch.__version__, f"torch (the OpenVINO export {why_not})")
-        self.backbone = engines.OpenVinoBackbone(folder / "model.xml")
-        return engines.EngineInfo(
-            "openvino", version, why, meta["export_sha256"], meta["probe_max_difference"]
-        )
+            return engines.EngineInfo(
+                "torch", torch.__version__, f"torch (the {engines.LABELS[name]} export {why_not})"
+            )
+        self.backbone = engines.BACKBONES[name](folder)
+        return engines.EngineInfo(name, version, why, meta["export_sha256"], meta["probe_max_difference"])
 
     def _probe_agreement(self, backbone) -> tuple[float, bool]:
         """(largest probability difference, same heatmap peak cells) of ``backbone`` against torch on
@@ -280,9 +283,10 @@ def predict_records(
 ):
     """Yield a BatchResult per batch of ``records`` (decoded in ``workers`` processes, or read from
     ``dataset``, e.g. the decoded cache). Decoding in line (no workers) overlaps the model in a thread
-    when ``overlap`` (default: when the backbone runs in an engine that releases the GIL: OpenVINO)."""
+    when ``overlap`` (default: when the backbone runs in an engine that releases the GIL: OpenVINO or
+    ONNX Runtime)."""
     loader = create_loader(records, predictor.config, batch_size, workers, predictor.runtime.device, dataset)
     if overlap is None:
-        overlap = workers == 0 and dataset is None and predictor.engine.name == "openvino"
+        overlap = workers == 0 and dataset is None and predictor.engine.name in engines.EXPORTED
     for batch in prefetched(loader) if overlap else loader:
         yield predictor(batch)
