@@ -4,9 +4,10 @@ brightness and contrast, and the lesion-box masks moved with them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from mura_cli.config import ModelConfig
 from mura_cli.inference.batches import ImageDataset, _worker_init
@@ -38,6 +39,12 @@ class AugmentedDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
+        if get_worker_info() is not None:  # a loader worker: torch already runs it on one thread
+            return self._item(index)
+        with one_thread():
+            return self._item(index)
+
+    def _item(self, index: int) -> dict:
         item = dict(self.source[index])
         record = self.records[index]
         if self.boxes is not None:
@@ -67,6 +74,21 @@ class AugmentedDataset(Dataset):
             return {"box_mask": torch.zeros((1, *shape), dtype=torch.uint8), "has_boxes": False}
         mask = box_mask(found, shape, Geometry(*item["geometry"].tolist()), self.box_grow)
         return {"box_mask": torch.from_numpy(mask)[None], "has_boxes": True}
+
+
+@contextmanager
+def one_thread():
+    """Torch on one thread for the block: the per-image transforms are too small to split, and on a
+    few cores splitting them made each one several times slower (in line, beside the training step)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _augment_with_mask(augment, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
