@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -75,6 +76,29 @@ def test_heatmap_peak_maps_back_onto_the_original_spot():
     outside = np.ones((112, 112), bool)
     crop_region(outside, geometry)[:] = False
     assert float(maps[0].numpy()[outside].max()) == 0.0  # padding carries no heat
+
+
+def test_a_flat_heatmap_has_no_peak_and_misses_the_pointing_game():
+    """An all-zero CAM (no cell raised the score) points nowhere: no peak in images.csv, and a miss in
+    the pointing game rather than a hit or a dropped image."""
+    from types import SimpleNamespace
+
+    from mura_cli.evaluation.evaluate import _localise
+
+    geometry = fit_geometry(64, 64, 32, 32, "letterbox")
+    geometries = torch.tensor([geometry.as_tuple()] * 2)
+    cams = torch.zeros(2, 4, 4)
+    cams[1, 0, 0] = 1.0  # a real peak in the first cell, which the flat map's argmax would also give
+    maps, peaks = cam.to_canvas(cams, geometries, (32, 32))
+    assert peaks[0].tolist() == [-1, -1] and peaks[1].tolist() == [0, 0]
+    assert float(maps[0].abs().max()) == 0.0
+    _, bare = cam.to_canvas(cams, geometries, (32, 32), maps_too=False)
+    assert torch.equal(bare, peaks)
+    result = SimpleNamespace(errors=[""], heatmaps=maps[:1].numpy(), geometry=lambda k: geometry)
+    row = {"heatmap_peak_x": pd.NA, "heatmap_peak_y": pd.NA}
+    hit = _localise(result, 0, row, [(0.0, 0.0, 64.0, 64.0)], 0.04)  # a box over the whole image
+    assert hit["pointing_hit"] == 0 and hit["pointing_hit_tolerant"] == 0
+    assert hit["centre_hit"] == 1  # the baseline is still scored
 
 
 def test_stretch_geometry_fills_canvas():

@@ -76,12 +76,11 @@ def _localise(result, k: int, row: dict, boxes: list, tolerance: float) -> dict:
     g = result.geometry(k)
     slack = tolerance * max(g.orig_w, g.orig_h)
     peak, centre = (row["heatmap_peak_x"], row["heatmap_peak_y"]), ((g.orig_w - 1) / 2, (g.orig_h - 1) / 2)
-    if pd.isna(peak[0]):
-        return empty
+    pointed = not pd.isna(peak[0])  # a flat heatmap has no peak: it points nowhere, a miss
     canvas_boxes = [box_geometry.to_canvas(b, g) for b in boxes]
     return {
-        "pointing_hit": int(metrics.pointing_hit(peak, boxes)),
-        "pointing_hit_tolerant": int(metrics.pointing_hit(peak, boxes, slack=slack)),
+        "pointing_hit": int(pointed and metrics.pointing_hit(peak, boxes)),
+        "pointing_hit_tolerant": int(pointed and metrics.pointing_hit(peak, boxes, slack=slack)),
         "centre_hit": int(metrics.pointing_hit(centre, boxes)),
         "centre_hit_tolerant": int(metrics.pointing_hit(centre, boxes, slack=slack)),
         "energy_inside": metrics.energy_inside(result.heatmaps[k], canvas_boxes),

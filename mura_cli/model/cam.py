@@ -74,8 +74,8 @@ def to_canvas(
     cams: torch.Tensor, geometries: torch.Tensor, canvas_hw: tuple[int, int], maps_too: bool = True
 ):
     """Upsample (B, h, w) maps onto the input canvas, zero the padding, normalise each to [0, 1] over
-    the image's region, and find each peak (the first maximum in reading order). Returns (maps
-    (B, H, W), peaks (B, 2) as canvas y, x); without ``maps_too`` only the peaks (maps None), for runs
+    the image's region, and find each peak (the first maximum in reading order; -1, -1 for a flat
+    map, which points nowhere). Returns (maps (B, H, W), peaks (B, 2) as canvas y, x); without ``maps_too`` only the peaks (maps None), for runs
     that keep no pictures."""
     height, width = canvas_hw
     maps = F.interpolate(cams[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[
@@ -89,9 +89,10 @@ def to_canvas(
     masked = maps.masked_fill(outside, float("-inf")).flatten(1)
     flat_peak = masked.argmax(dim=1)
     peaks = torch.stack((flat_peak // width, flat_peak % width), dim=1)
-    if not maps_too:
-        return None, peaks
     high = masked.gather(1, flat_peak[:, None])[:, :, None]  # the peak's value is the region's maximum
     low = maps.masked_fill(outside, float("inf")).flatten(1).min(dim=1).values[:, None, None]
+    peaks[(high - low).flatten() <= 1e-12] = -1  # a flat map (e.g. all zero: no cell raised the score)
+    if not maps_too:
+        return None, peaks
     normalised = maps.sub_(low).div_((high - low).clamp_min(1e-12)).clamp_(0, 1)
     return normalised.masked_fill_(outside, 0.0), peaks
