@@ -45,7 +45,7 @@ def installed_engines() -> list[str]:
     """torch and the exported engines installed here, in auto's order of preference."""
     from mura_cli.inference import engines
 
-    return ["torch", *[name for name in engines.EXPORTED if engines.engine_version(name)]]
+    return ["torch", *[name for name in engines.EXPORTED if engines.can_export(name)]]
 
 
 def raw_rates(model_dir: Path, batch: int, seconds: float, cache: Path) -> dict[str, float]:
@@ -62,7 +62,7 @@ def raw_rates(model_dir: Path, batch: int, seconds: float, cache: Path) -> dict[
         predictor = Predictor(loaded, runtime, heatmaps=True, tta="none", engine=engine, engine_cache=cache)
         rates[f"{engine}_setup_s"] = time.perf_counter() - started  # exported engines: export + probe check
         if predictor.engine.name != engine:
-            raise SystemExit(f"{engine} could not be used: {predictor.engine.reason}")
+            raise RuntimeError(f"{engine} could not be used: {predictor.engine.reason}")
         x = predictor.prepare(
             torch.randint(0, 255, (batch, 1, *loaded.config.input_size[1:]), dtype=torch.uint8)
         )
@@ -141,7 +141,7 @@ def engine_rows(model_dir: Path, corpus: Path, work: Path, batch: int, repeats: 
     names = installed_engines()
     best = names[1] if len(names) > 1 else "torch"  # what `--engine auto` takes here
     raw = raw_rates(model_dir, batch, seconds, cache)
-    pipeline = pipeline_rates(corpus, model_dir, batch, repeats, cache, best)
+    pipeline = {name: pipeline_rates(corpus, model_dir, batch, repeats, cache, name) for name in names[1:]}
     score_once(corpus, str(model_dir), work / "warm", best, batch, cache)  # warm-up; then alternate
     rates, tables, info = {name: [] for name in names}, {}, {}
     for _ in range(repeats):
@@ -162,14 +162,15 @@ def engine_rows(model_dir: Path, corpus: Path, work: Path, batch: int, repeats: 
     for name in names:
         ratio = "1.00x" if name == "torch" else f"{raw[name] / raw['torch']:.2f}x of torch"
         rows.append((f"raw forward + head + CAM, {LABELS[name]}", f"{raw[name]:.1f} img/s", ratio))
-    rows.append(
-        (
-            f"decode + {LABELS[best]} + peaks: next batch decoded in a thread / in line",
-            f"{pipeline['overlapped']:.1f} / {pipeline['in line']:.1f} img/s",
-            f"overlap gives {pipeline['overlapped'] / pipeline['in line']:.2f}x; "
-            f"{pipeline['overlapped'] / raw[best]:.2f}x of {LABELS[best]} raw",
+    for name, rate in pipeline.items():
+        rows.append(
+            (
+                f"decode + {LABELS[name]} + peaks: next batch decoded in a thread / in line",
+                f"{rate['overlapped']:.1f} / {rate['in line']:.1f} img/s",
+                f"overlap gives {rate['overlapped'] / rate['in line']:.2f}x; "
+                f"{rate['overlapped'] / raw[name]:.2f}x of {LABELS[name]} raw",
+            )
         )
-    )
     for name in names:
         ratio = f"{e2e[name] / raw[name]:.2f}x of {LABELS[name]} raw"
         if name != "torch":

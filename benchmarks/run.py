@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -380,7 +379,9 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--only-train", action="store_true", help="only the training rows")
     parser.add_argument(
-        "--skip-engines", action="store_true", help="no engine rows (torch vs OpenVINO on the shipped model)"
+        "--skip-engines",
+        action="store_true",
+        help="no engine rows (torch vs OpenVINO and ONNX Runtime on the shipped model)",
     )
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
@@ -493,7 +494,9 @@ def run_all(args) -> list[tuple[str, str, str]]:
             )
         )
         rows.extend(pdf_rows([int(v) for v in args.pdf_studies.split(",") if v], work, e2e["img_s"]))
-        if not args.skip_engines and any(importlib.util.find_spec(m) for m in ("openvino", "onnxruntime")):
+        from engines import installed_engines
+
+        if not args.skip_engines and len(installed_engines()) > 1:
             from engines import engine_rows, fracatlas_corpus
 
             from mura_cli.model.factory import resolve_model_dir

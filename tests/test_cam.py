@@ -104,3 +104,27 @@ def test_a_flat_heatmap_has_no_peak_and_misses_the_pointing_game():
 def test_stretch_geometry_fills_canvas():
     g = fit_geometry(300, 120, 64, 64, "stretch")
     assert g == Geometry(300, 120, 64, 64, 0, 0)
+
+
+def test_a_model_without_a_feature_map_keeps_no_maps_and_scores_no_pointing(tmp_path):
+    """A ViT gives tokens, not a map: evaluate --boxes must report no localisation, not 0% pointing."""
+    from mura_cli.evaluation.evaluate import _localise
+    from mura_cli.inference.device import create_runtime
+    from mura_cli.inference.predictor import Predictor
+    from mura_cli.model.factory import load_model
+
+    from conftest import make_model_dir
+
+    folder = make_model_dir(tmp_path / "vit", "test_vit", size=160)
+    predictor = Predictor(load_model(folder), create_runtime("cpu", "fp32"), keep_maps=True, engine="torch")
+    assert predictor.heatmap_method == "none" and not predictor.keep_maps
+    batch = {
+        "image": torch.full((1, 1, 160, 160), 90, dtype=torch.uint8),
+        "geometry": torch.tensor([[160, 160, 160, 160, 0, 0]]),
+        "error": [""],
+        "index": torch.tensor([0]),
+    }
+    result = predictor(batch)
+    assert result.heatmaps is None
+    row = {"heatmap_peak_x": pd.NA, "heatmap_peak_y": pd.NA}
+    assert pd.isna(_localise(result, 0, row, [(0.0, 0.0, 160.0, 160.0)], 0.04)["pointing_hit"])

@@ -20,12 +20,12 @@ ENGINES = [
     pytest.param(
         name,
         marks=pytest.mark.skipif(
-            engines.engine_version(name) is None, reason=f"{engines.LABELS[name]} is not installed"
+            not engines.can_export(name), reason=f"{engines.LABELS[name]} or its exporter is not installed"
         ),
     )
     for name in engines.EXPORTED
 ]
-needs_openvino = pytest.mark.skipif(engines.openvino_version() is None, reason="OpenVINO is not installed")
+needs_openvino = pytest.mark.skipif(not engines.installed("openvino"), reason="OpenVINO is not installed")
 
 
 def _scores(model, engine, cache):
@@ -122,6 +122,7 @@ def test_auto_falls_back_from_openvino_to_onnx_runtime_to_torch(monkeypatch):
 
     cpu = torch.device("cpu")
     installed = {"openvino": None, "onnxruntime": "1.32.0"}
+    monkeypatch.setattr(engines, "installed", lambda name: installed[name] is not None)
     monkeypatch.setattr(engines, "engine_version", lambda name: installed[name])
     assert engines.choose_engine("auto", cpu, "fp32", "abc") == (
         "onnxruntime",

@@ -53,11 +53,25 @@ def test_negatives_and_images_without_boxes_are_left_alone():
 
 def test_elsewhere_keeps_the_shape_and_misses_the_box():
     mask = _item()["box_mask"][0]
-    moved = erasing.shifted_elsewhere(mask, torch.Generator().manual_seed(3))
+    moved = erasing.shifted_elsewhere(mask, None, torch.Generator().manual_seed(3))
     assert moved.sum() == mask.sum()
     assert not (moved.bool() & mask.bool()).any()
     full = torch.ones(64, 64, dtype=torch.uint8)
     assert erasing.shifted_elsewhere(full) is None
+    for seed in range(20):  # inside the image's part of the canvas (rows 8-55), never in the padding
+        inside = erasing.shifted_elsewhere(mask, (8, 0, 48, 64), torch.Generator().manual_seed(seed))
+        rows = torch.nonzero(inside.any(dim=1)).flatten()
+        assert int(rows[0]) >= 8 and int(rows[-1]) < 56
+
+
+def test_an_image_without_room_elsewhere_is_never_erased():
+    """A lesion that leaves no room for its shape elsewhere is not erased either: otherwise erased
+    patches would come with label 0 more often than with label 1."""
+    item = _item()
+    item["box_mask"][0, 4:60, 4:60] = 1  # one lesion over most of the image
+    for seed in range(30):
+        out = erasing.lesion_erasing(item, 0.5, torch.Generator().manual_seed(seed))
+        assert out["erased"] == "" and out["label"] == 1 and torch.equal(out["image"], item["image"])
 
 
 def test_lesion_erase_needs_boxes():
@@ -96,3 +110,14 @@ def test_the_training_loader_labels_erased_lesions_negative():
     lesion_area = batch["image"][:, 0, 16:32, 16:32].float().mean(dim=(1, 2))
     assert (lesion_area[lesion] < 200).all()  # the bright lesion is mostly gone
     assert (batch["image"][~lesion][:, 0, 16:32, 16:32] == 220).all()
+
+
+def test_in_line_augmentation_runs_on_one_thread_and_restores_the_count():
+    from mura_cli.training.augment import one_thread
+
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError):
+        with one_thread():
+            assert torch.get_num_threads() == 1
+            raise ValueError("a broken image")
+    assert torch.get_num_threads() == threads

@@ -12,11 +12,15 @@ else torch is used and the reason is said in one line.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,19 +50,26 @@ class EngineInfo:
         return asdict(self)
 
 
+MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+EXPORTER_MODULES = {"openvino": (), "onnxruntime": ("onnxscript", "onnx")}  # to make an export
+
+
+def installed(name: str) -> bool:
+    """Whether an exported engine's runtime is installed (found, not imported: importing them costs
+    seconds at every start)."""
+    return importlib.util.find_spec(MODULES[name]) is not None
+
+
+def can_export(name: str) -> bool:
+    """Whether ``name`` is installed together with what makes its exports (torch's ONNX exporter)."""
+    return installed(name) and all(importlib.util.find_spec(m) is not None for m in EXPORTER_MODULES[name])
+
+
 def engine_version(name: str) -> str | None:
-    """The installed version of an exported engine, None when it is not installed."""
-    module = {"openvino": "openvino", "onnxruntime": "onnxruntime"}[name]
-    try:
-        imported = __import__(module)
-    except ImportError:
+    """The installed version of an exported engine (imports it), None when it is not installed."""
+    if not installed(name):
         return None
-    if name == "onnxruntime":  # exporting to ONNX also needs torch's exporter and its packages
-        try:
-            __import__("onnxscript")
-        except ImportError:
-            return None
-    return imported.__version__
+    return importlib.import_module(MODULES[name]).__version__
 
 
 def openvino_version() -> str | None:
@@ -80,18 +91,17 @@ def choose_engine(
     if requested == "torch":
         return "torch", "torch (asked for)"
     candidates = EXPORTED if requested == "auto" else (requested,)
-    reasons = [_unsupported(name, device, precision, weights_sha256) for name in candidates]
-    for name, unsupported in zip(candidates, reasons):
+    reasons = []
+    for name in candidates:
+        unsupported = _unsupported(name, device, precision, weights_sha256)
         if not unsupported:
             why = "asked for" if requested == name else "auto: fp32 on the CPU"
             return name, f"{LABELS[name]} {engine_version(name).split('-')[0]} ({why})"
+        reasons.append((name, unsupported))
     if requested != "auto":
-        raise ValueError(f"--engine {requested}: {reasons[0]}")
-    installed = [reason for name, reason in zip(candidates, reasons) if engine_version(name) is not None]
-    return (
-        "torch",
-        f"torch ({installed[0] if installed else 'neither OpenVINO nor ONNX Runtime is installed'})",
-    )
+        raise ValueError(f"--engine {requested}: {reasons[0][1]}")
+    present = [reason for name, reason in reasons if installed(name)]  # device, precision or model
+    return "torch", f"torch ({present[0] if present else 'neither OpenVINO nor ONNX Runtime is installed'})"
 
 
 def _unsupported(name: str, device: torch.device, precision: str, weights_sha256: str) -> str:
@@ -101,12 +111,19 @@ def _unsupported(name: str, device: torch.device, precision: str, weights_sha256
         return f"{label} runs here on the CPU only"
     if precision != "fp32":
         return f"{label} is used for fp32 only, not {precision}"
-    if engine_version(name) is None:
+    if not installed(name):
         extra = " (pip install 'mura-cli[onnx]')" if name == "onnxruntime" else ""
         return f"{label} is not installed{extra}"
+    if name == "onnxruntime" and _torch_version() < (2, 6):
+        return f"{label} needs torch >= 2.6 for its export (torch.onnx's dynamo exporter), not {torch.__version__}"
     if not weights_sha256:
         return "a model without a weights file cannot be exported"
     return ""
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
 class TorchBackbone:
@@ -235,10 +252,12 @@ def _convert(engine: str, model: torch.nn.Module, input_size, folder: Path) -> N
             )
             ov.save_model(converted, str(folder / "model.xml"), compress_to_fp16=False)
             return
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports its steps on stdout
+        missing = [m for m in EXPORTER_MODULES[engine] if importlib.util.find_spec(m) is None]
+        if missing:
+            raise RuntimeError(
+                f"torch's ONNX exporter needs {' and '.join(missing)} (pip install 'mura-cli[onnx]')"
+            )
+        with _quiet_loggers("torch.onnx", "torch.export", "onnxscript", "onnx_ir"):
             torch.onnx.export(
                 _Features(model).eval(),
                 (example,),
@@ -247,8 +266,24 @@ def _convert(engine: str, model: torch.nn.Module, input_size, folder: Path) -> N
                 output_names=["features"],
                 dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
                 external_data=False,
+                dynamo=True,
                 verbose=False,
             )
+
+
+@contextmanager
+def _quiet_loggers(*names: str):
+    """Errors only from these loggers for the block: an exporter's progress remarks are not the
+    user's business (a failure still raises)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def export(engine: str, model: torch.nn.Module, input_size, target: Path, meta: dict, verify) -> dict:
@@ -259,7 +294,11 @@ def export(engine: str, model: torch.nn.Module, input_size, target: Path, meta: 
     temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _convert(engine, model, input_size, temp)
-        difference, same_peaks = verify(BACKBONES[engine](temp))
+        backbone = BACKBONES[engine](temp)
+        try:
+            difference, same_peaks = verify(backbone)
+        finally:
+            del backbone  # the runtime lets go of the files (Windows keeps open files from deletion)
         meta = {
             **meta,
             "engine": engine,
@@ -277,9 +316,12 @@ def export(engine: str, model: torch.nn.Module, input_size, target: Path, meta: 
             shutil.rmtree(target, ignore_errors=True)  # a broken entry: replaced
         try:
             os.rename(temp, target)
-        except OSError:  # another run renamed its entry into place first
+        except OSError as exc:  # another run renamed its entry into place first, or the cache is not writable
             shutil.rmtree(temp, ignore_errors=True)
-            return cached_export(target, engine) or meta
+            whole = cached_export(target, engine)
+            if whole is None:
+                raise OSError(f"cannot put the export into {target}: {exc}") from None
+            return whole
         return meta
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

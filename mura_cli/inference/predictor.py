@@ -114,6 +114,7 @@ class Predictor:
             channels = self._feature_channels()
             self.classifier = cam.linear_pooled_head(self.model, channels) if channels else None
             self.heatmap_method = "cam" if self.classifier is not None else "gradcam" if channels else "none"
+        self.keep_maps = self.keep_maps and self.heatmap_method != "none"  # no map: none kept (or scored)
         self.backbone = engines.TorchBackbone(self.model, runtime)
         self.engine = self._choose_engine(loaded, engine, engine_cache)
 

@@ -24,17 +24,23 @@ def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def shifted_elsewhere(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """The (H, W) mask's shape moved to a random place where its bounding box misses the original's;
-    None when the canvas has no such room."""
+def shifted_elsewhere(
+    mask: torch.Tensor,
+    region: tuple[int, int, int, int] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | None:
+    """The (H, W) mask's shape moved to a random place inside ``region`` (top, left, height, width: the
+    image's part of the canvas; default the whole canvas) where its bounding box misses the original's;
+    None when there is no such room."""
     height, width = mask.shape
+    top0, left0, room_h, room_w = region or (0, 0, height, width)
     r0, r1, c0, c1 = _bounds(mask)
     h, w = r1 - r0, c1 - c0
-    if h >= height or w >= width:
+    if h > room_h or w > room_w:
         return None
     for _ in range(PLACEMENT_TRIES):
-        top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-        left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+        top = top0 + int(torch.randint(0, room_h - h + 1, (1,), generator=generator))
+        left = left0 + int(torch.randint(0, room_w - w + 1, (1,), generator=generator))
         if top < r1 and r0 < top + h and left < c1 and c0 < left + w:
             continue
         out = torch.zeros_like(mask)
@@ -66,22 +72,35 @@ def erase(image: torch.Tensor, mask: torch.Tensor, blur: bool) -> torch.Tensor:
 
 
 def lesion_erasing(item: dict, probability: float, generator: torch.Generator | None = None) -> dict:
-    """The training item (``image``, ``box_mask``, ``has_boxes``, ``label``) after lesion erasing with
-    ``probability`` (at most 0.5): lesion erased and label 0, or erased elsewhere, or unchanged.
-    ``item['erased']`` says which: 'lesion', 'elsewhere' or ''."""
+    """The training item (``image``, ``box_mask``, ``has_boxes``, ``label``, ``geometry``) after lesion
+    erasing with ``probability`` (at most 0.5): lesion erased and label 0, or erased elsewhere, or
+    unchanged. An image with no room for the same shape elsewhere in its own part of the canvas is
+    left unchanged either way, so that an erased patch never tells the label. ``item['erased']`` says
+    which: 'lesion', 'elsewhere' or ''."""
     item = {**item, "erased": ""}
     if probability <= 0 or item.get("error") or not item.get("has_boxes") or int(item["label"]) != 1:
         return item
     draw = float(torch.rand((), generator=generator))
     blur = bool(torch.rand((), generator=generator) < 0.5)
     mask = item["box_mask"][0]
-    if not mask.any():  # the augmentation moved every box off the canvas
+    if draw >= 2 * probability or not mask.any():  # unchanged, or every box moved off the canvas
+        return item
+    moved = shifted_elsewhere(mask, _image_region(item, mask.shape), generator)
+    if moved is None:
         return item
     if draw < probability:
         item.update(image=erase(item["image"], mask, blur), label=0, has_boxes=False, erased="lesion")
         item["box_mask"] = torch.zeros_like(item["box_mask"])
-    elif draw < 2 * probability:
-        moved = shifted_elsewhere(mask, generator)
-        if moved is not None:
-            item.update(image=erase(item["image"], moved, blur), erased="elsewhere")
+    else:
+        item.update(image=erase(item["image"], moved, blur), erased="elsewhere")
     return item
+
+
+def _image_region(item: dict, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the image on the canvas (the letterbox padding left out; before
+    the augmentation's small shifts), from the item's geometry when it has one."""
+    geometry = item.get("geometry")
+    if geometry is None:
+        return (0, 0, *shape)
+    _, _, new_h, new_w, top, left = (int(v) for v in geometry.tolist())
+    return (top, left, new_h, new_w)
