@@ -67,12 +67,24 @@ def raw_rates(model_dir: Path, batch: int, seconds: float, cache: Path) -> dict[
             torch.randint(0, 255, (batch, 1, *loaded.config.input_size[1:]), dtype=torch.uint8)
         )
         predictor._forward(x)
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
+        rates[engine] = _rate(predictor, x, seconds)
+        if engine == "onnxruntime":  # its intra-op threads: the default (one per core) against one
+            from mura_cli.inference.engines import OnnxRuntimeBackbone
+
+            default = predictor.backbone
+            predictor.backbone = OnnxRuntimeBackbone(default.folder, threads=1)
             predictor._forward(x)
-            count += batch
-        rates[predictor.engine.name] = count / (time.perf_counter() - started)
+            rates["onnxruntime_1_thread"] = _rate(predictor, x, seconds)
+            predictor.backbone = default
     return rates
+
+
+def _rate(predictor, x: torch.Tensor, seconds: float) -> float:
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        predictor._forward(x)
+        count += len(x)
+    return count / (time.perf_counter() - started)
 
 
 def score_once(
@@ -162,6 +174,14 @@ def engine_rows(model_dir: Path, corpus: Path, work: Path, batch: int, repeats: 
     for name in names:
         ratio = "1.00x" if name == "torch" else f"{raw[name] / raw['torch']:.2f}x of torch"
         rows.append((f"raw forward + head + CAM, {LABELS[name]}", f"{raw[name]:.1f} img/s", ratio))
+    if "onnxruntime_1_thread" in raw:
+        rows.append(
+            (
+                "raw, ONNX Runtime on 1 intra-op thread / its default (one per core)",
+                f"{raw['onnxruntime_1_thread']:.1f} / {raw['onnxruntime']:.1f} img/s",
+                f"the default gives {raw['onnxruntime'] / raw['onnxruntime_1_thread']:.2f}x",
+            )
+        )
     for name, rate in pipeline.items():
         rows.append(
             (

@@ -171,10 +171,12 @@ class OnnxRuntimeBackbone:
     """An ONNX Runtime session of forward_features on the CPU (all graph optimisations, its default
     of one intra-op thread per physical core), fed numpy, giving torch."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, threads: int = 0):
         import onnxruntime as ort
 
+        self.folder = folder
         options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (benchmarks/engines.py)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: its optimiser's remarks are not the user's business
         self.session = ort.InferenceSession(
