@@ -153,13 +153,15 @@ def _core():
 class OpenVinoBackbone:
     """A compiled OpenVINO model of forward_features (fp32, latency hint), fed numpy, giving torch."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, hint: str = "LATENCY"):
         core = _core()
-        # f32 explicitly: on CPUs with AMX or AVX512-BF16, OpenVINO's default is bf16 (issue 16)
+        self.folder = folder
+        # f32 explicitly: on CPUs with AMX or AVX512-BF16, OpenVINO's default is bf16 (issue 16); the
+        # latency hint (one stream on all cores) suits one batch at a time (benchmarks/engines.py)
         self.compiled = core.compile_model(
             core.read_model(str(folder / "model.xml")),
             "CPU",
-            {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+            {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint},
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
