@@ -13,6 +13,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from mura_cli.config import ModelConfig
+from mura_cli.model import cam
 from mura_cli.model.factory import create_model, save_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,9 +36,17 @@ def make_model_dir(folder: Path, architecture: str, size: int = 64, seed: int = 
     torch.manual_seed(seed)
     cfg = ModelConfig(architecture=architecture, input_size=(3, size, size), name=folder.name, **overrides)
     model = create_model(cfg)
-    # random classifier weights with a visible spread, so probabilities differ between images
+    # random classifier weights with a visible spread, so probabilities differ between images, and
+    # signed so that the class activation maps of radiograph-like images are not all zero (a random
+    # head can score every cell negative: a flat map, which has no peak to test)
     with torch.no_grad():
         model.get_classifier().weight.mul_(20.0)
+        probe = torch.nn.functional.interpolate(
+            torch.from_numpy(radiograph(0)[None, None].astype(np.float32)), size=(size, size)
+        )
+        features = model.eval().forward_features(probe.repeat(1, cfg.input_size[0], 1, 1) * 2 - 1)
+        if features.ndim == 4 and float(cam.cell_logits(features, model.get_classifier()).max()) <= 0:
+            model.get_classifier().weight.neg_()
     return save_model(model, cfg, folder)
 
 
