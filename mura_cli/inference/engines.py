@@ -50,30 +50,28 @@ class EngineInfo:
         return asdict(self)
 
 
-MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 EXPORTER_MODULES = {"openvino": (), "onnxruntime": ("onnxscript", "onnx")}  # to make an export
 
 
 def installed(name: str) -> bool:
-    """Whether an exported engine's runtime is installed (found, not imported: importing them costs
-    seconds at every start)."""
-    return importlib.util.find_spec(MODULES[name]) is not None
+    """Whether an exported engine's runtime (its module has the engine's name) is installed: found,
+    not imported, since importing them costs seconds at every start."""
+    return importlib.util.find_spec(name) is not None
+
+
+def missing_exporters(name: str) -> list[str]:
+    """The modules that making ``name``'s exports needs and that are not installed."""
+    return [m for m in EXPORTER_MODULES[name] if importlib.util.find_spec(m) is None]
 
 
 def can_export(name: str) -> bool:
     """Whether ``name`` is installed together with what makes its exports (torch's ONNX exporter)."""
-    return installed(name) and all(importlib.util.find_spec(m) is not None for m in EXPORTER_MODULES[name])
+    return installed(name) and not missing_exporters(name)
 
 
 def engine_version(name: str) -> str | None:
     """The installed version of an exported engine (imports it), None when it is not installed."""
-    if not installed(name):
-        return None
-    return importlib.import_module(MODULES[name]).__version__
-
-
-def openvino_version() -> str | None:
-    return engine_version("openvino")
+    return importlib.import_module(name).__version__ if installed(name) else None
 
 
 def default_cache_dir() -> Path:
@@ -256,7 +254,7 @@ def _convert(engine: str, model: torch.nn.Module, input_size, folder: Path) -> N
             )
             ov.save_model(converted, str(folder / "model.xml"), compress_to_fp16=False)
             return
-        missing = [m for m in EXPORTER_MODULES[engine] if importlib.util.find_spec(m) is None]
+        missing = missing_exporters(engine)
         if missing:
             raise RuntimeError(
                 f"torch's ONNX exporter needs {' and '.join(missing)} (pip install 'mura-cli[onnx]')"

@@ -75,8 +75,8 @@ def to_canvas(
 ):
     """Upsample (B, h, w) maps onto the input canvas, zero the padding, normalise each to [0, 1] over
     the image's region, and find each peak (the first maximum in reading order; -1, -1 for a flat
-    map, which points nowhere). Returns (maps (B, H, W), peaks (B, 2) as canvas y, x); without ``maps_too`` only the peaks (maps None), for runs
-    that keep no pictures."""
+    map, which points nowhere). Returns (maps (B, H, W), peaks (B, 2) as canvas y, x); without
+    ``maps_too`` only the peaks (maps None), for runs that keep no pictures."""
     height, width = canvas_hw
     maps = F.interpolate(cams[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[
         :, 0

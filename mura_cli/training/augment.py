@@ -81,9 +81,6 @@ def one_thread():
     """Torch on one thread for the block: the per-image transforms are too small to split, and on a
     few cores splitting them made each one several times slower (in line, beside the training step)."""
     threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
     torch.set_num_threads(1)
     try:
         yield
