@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import mura_cli
 from mura_cli.environment import ENGINE_CACHE_ENV
@@ -195,3 +196,19 @@ def test_prefetching_keeps_order_raises_the_producers_error_and_stops_when_close
     time.sleep(0.3)
     assert len(produced) == count <= 6  # the producer stopped a step or two ahead
     assert not any(t.name == "mura-cli-decode" for t in threading.enumerate())
+
+
+@needs_openvino
+def test_openvinos_hints_give_each_image_the_same_features(resnet_model, tmp_path):
+    """The throughput hint splits a batch over its infer requests; the shares come back in order and
+    each image's features are those of the latency hint (one stream) and of torch."""
+    model = mura_cli.load_model(resnet_model)
+    predictor = Predictor(model, create_runtime("cpu", "fp32"), engine="openvino", engine_cache=tmp_path)
+    folder = predictor.backbone.folder
+    latency = engines.OpenVinoBackbone(folder, hint="LATENCY")
+    throughput = engines.OpenVinoBackbone(folder, hint="THROUGHPUT")
+    x = torch.randn(5, *model.config.input_size)  # not a multiple of the requests: uneven shares
+    expected = predictor.model.forward_features(x).detach()
+    for backbone in (latency, throughput):
+        np.testing.assert_allclose(backbone(x).numpy(), expected.numpy(), atol=1e-4)
+        np.testing.assert_allclose(backbone(x[:1]).numpy(), expected[:1].numpy(), atol=1e-4)
