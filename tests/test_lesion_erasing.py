@@ -93,6 +93,7 @@ def test_the_training_loader_labels_erased_lesions_negative():
 
         def __getitem__(self, index):
             image = torch.full((1, 64, 64), 40, dtype=torch.uint8)
+            image[0, 8:56, 8:56] = torch.randint(120, 180, (48, 48), dtype=torch.uint8)  # the bone
             image[0, 16:32, 16:32] = 220  # the lesion
             return {"image": image, "geometry": torch.tensor([64, 64, 64, 64, 0, 0]), "error": ""}
 
@@ -121,3 +122,43 @@ def test_in_line_augmentation_runs_on_one_thread_and_restores_the_count():
             assert torch.get_num_threads() == 1
             raise ValueError("a broken image")
     assert torch.get_num_threads() == threads
+
+
+def _half_anatomy_item() -> dict:
+    """Bright textured 'bone' in the left half, flat black background in the right, a lesion on bone."""
+    g = torch.Generator().manual_seed(2)
+    image = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    image[:, :, :32] = torch.randint(120, 250, (1, 64, 32), generator=g, dtype=torch.uint8)
+    mask = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    mask[0, 6:18, 4:16] = 1
+    return {"image": image, "box_mask": mask, "has_boxes": True, "label": 1, "error": ""}
+
+
+def test_elsewhere_lands_on_anatomy_and_visibly_changes_the_image():
+    """On the background, filling a region with its own mean changes nothing: such an 'erased'
+    positive would look unerased, and a visible patch would mostly mean label 0."""
+    moved = 0
+    for seed in range(40):
+        item = _half_anatomy_item()
+        out = erasing.lesion_erasing(item, 0.5, torch.Generator().manual_seed(seed))
+        if out["erased"] != "elsewhere":
+            continue
+        moved += 1
+        changed = (out["image"] != item["image"])[0]
+        assert changed.sum() > 50  # a visible patch, as on the lesion
+        assert changed[:, :32].sum() >= erasing.ANATOMY_SHARE * changed.sum()  # on the bone, not the black
+        assert not (changed & item["box_mask"][0].bool()).any()
+    assert moved > 10
+
+
+def test_elsewhere_is_drawn_among_all_places_that_fit():
+    """Every valid place can be drawn (no give-up after a few random tries): a lesion that leaves a
+    single place free elsewhere is still moved there."""
+    mask = torch.zeros(20, 20, dtype=torch.uint8)
+    mask[0:10, 0:19] = 1  # room for its 10 x 19 box only at rows 10, column 0 or 1
+    places = set()
+    for seed in range(30):
+        moved = erasing.shifted_elsewhere(mask, None, torch.Generator().manual_seed(seed))
+        r0, _, c0, _ = erasing._bounds(moved)
+        places.add((r0, c0))
+    assert places == {(10, 0), (10, 1)}
