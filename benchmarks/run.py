@@ -316,6 +316,7 @@ def train_rates(corpus: Path, work: Path, arch: str, size: int, batch: int) -> d
             val_fraction=0.2,
             patience=5,
             cache=cache,
+            workers=0,  # items made in line on every machine, so that the "split" baseline means the same
         )
         from mura_cli.training import augment
 

@@ -94,8 +94,19 @@ def test_a_flat_heatmap_has_no_peak_and_misses_the_pointing_game():
     assert float(maps[0].abs().max()) == 0.0
     _, bare = cam.to_canvas(cams, geometries, (32, 32), maps_too=False)
     assert torch.equal(bare, peaks)
+    from pathlib import Path
+
+    from mura_cli.inference.predictor import BatchResult
+    from mura_cli.inputs.discover import ImageRecord
+
+    batch = BatchResult(
+        [0, 1], ["", ""], np.array([0.4, 0.6]), torch.zeros(2, 1, 32, 32), geometries, peaks.numpy(), None
+    )
+    record = ImageRecord(Path("/x/a.png"), "a.png", "raster", "s")
+    row = batch.image_row(record, 0)  # images.csv: no peak for the flat map
+    assert row["heatmap_peak_x"] is pd.NA and row["heatmap_peak_y"] is pd.NA and row["probability"] == 0.4
+    assert not pd.isna(batch.image_row(record, 1)["heatmap_peak_x"])
     result = SimpleNamespace(errors=[""], heatmaps=maps[:1].numpy(), geometry=lambda k: geometry)
-    row = {"heatmap_peak_x": pd.NA, "heatmap_peak_y": pd.NA}
     hit = _localise(result, 0, row, [(0.0, 0.0, 64.0, 64.0)], 0.04)  # a box over the whole image
     assert hit["pointing_hit"] == 0 and hit["pointing_hit_tolerant"] == 0
     assert hit["centre_hit"] == 1  # the baseline is still scored

@@ -198,6 +198,36 @@ def test_prefetching_keeps_order_raises_the_producers_error_and_stops_when_close
     assert not any(t.name == "mura-cli-decode" for t in threading.enumerate())
 
 
+def test_a_broken_engine_install_and_a_missing_exporter_fall_back_with_their_reason(monkeypatch):
+    """An engine that is found but fails to import, or whose exporter is missing, is passed over by
+    auto (torch runs, the reason is said) and refused with that reason when asked for by name."""
+    import torch
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engines, "installed", lambda name: name == "openvino")
+    monkeypatch.setattr(engines, "missing_exporters", lambda name: [])
+
+    def broken(name):
+        raise ImportError("libopenvino.so.2600: cannot open shared object file")
+
+    monkeypatch.setattr(engines, "engine_version", broken)
+    name, why = engines.choose_engine("auto", cpu, "fp32", "abc")
+    assert name == "torch" and "OpenVINO is installed but does not import (ImportError: libopenvino" in why
+    with pytest.raises(ValueError, match="--engine openvino: OpenVINO is installed but does not import"):
+        engines.choose_engine("openvino", cpu, "fp32", "abc")
+    monkeypatch.setattr(engines, "installed", lambda name: name == "onnxruntime")
+    monkeypatch.setattr(
+        engines, "missing_exporters", lambda name: ["onnxscript"] if name == "onnxruntime" else []
+    )
+    name, why = engines.choose_engine("auto", cpu, "fp32", "abc")
+    assert (name, why) == (
+        "torch",
+        "torch (ONNX Runtime's export needs onnxscript (pip install 'mura-cli[onnx]'))",
+    )
+    with pytest.raises(ValueError, match="ONNX Runtime's export needs onnxscript"):
+        engines.choose_engine("onnxruntime", cpu, "fp32", "abc")
+
+
 @needs_openvino
 def test_openvinos_hints_give_each_image_the_same_features(resnet_model, tmp_path):
     """The throughput hint splits a batch over its infer requests; the shares come back in order and

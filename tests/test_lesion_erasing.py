@@ -114,9 +114,22 @@ def test_the_training_loader_labels_erased_lesions_negative():
 
 
 def test_in_line_augmentation_runs_on_one_thread_and_restores_the_count():
-    from mura_cli.training.augment import one_thread
+    from pathlib import Path
+
+    from mura_cli.inputs.discover import ImageRecord
+    from mura_cli.training.augment import AugmentedDataset, one_thread
 
     threads = torch.get_num_threads()
+    seen = []
+
+    class Source(torch.utils.data.Dataset):
+        def __getitem__(self, index):
+            seen.append(torch.get_num_threads())  # what the item's work runs on
+            return {"image": torch.zeros(1, 8, 8, dtype=torch.uint8), "error": ""}
+
+    records = [ImageRecord(Path("/x/0.png"), "0.png", "raster", "s0", label=0)]
+    item = AugmentedDataset(Source(), records, augment=None)[0]
+    assert seen == [1] and item["label"] == 0 and torch.get_num_threads() == threads
     with pytest.raises(ValueError):
         with one_thread():
             assert torch.get_num_threads() == 1

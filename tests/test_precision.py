@@ -54,6 +54,15 @@ def test_deviation_counts_flips_and_peak_moves():
     assert not stats["passed"]
 
 
+def test_deviation_counts_a_map_gone_flat_as_a_moved_peak():
+    """A flat map has no peak (-1): both flat agree, one flat beside a peak does not."""
+    p = np.array([0.2, 0.3, 0.4])
+    k0 = np.array([[5, 5], [-1, -1], [20, 20]])
+    k1 = np.array([[5, 5], [-1, -1], [-1, -1]])  # the third image's map went flat
+    stats = precision_check.deviation((p, k0), (p, k1), threshold=0.5, cell=16)
+    assert stats["same_peak_cell"] == pytest.approx(2 / 3) and stats["peaks_moved_over_10px"] == 0
+
+
 def test_check_precision_records_into_the_model_config(tiny_model, tmp_path, mura_folder):
     import shutil
 

@@ -93,9 +93,14 @@ def choose_engine(
     for name in candidates:
         unsupported = _unsupported(name, device, precision, weights_sha256)
         if not unsupported:
-            why = "asked for" if requested == name else "auto: fp32 on the CPU"
-            return name, f"{LABELS[name]} {engine_version(name).split('-')[0]} ({why})"
-        reasons.append((name, unsupported))
+            try:  # found is not importable: a broken install falls through like a missing one
+                version = engine_version(name)
+            except Exception as exc:  # noqa: BLE001 - any import failure; said in the reason
+                unsupported = f"{LABELS[name]} is installed but does not import ({type(exc).__name__}: {exc})"
+            else:
+                why = "asked for" if requested == name else "auto: fp32 on the CPU"
+                return name, f"{LABELS[name]} {version.split('-')[0]} ({why})"
+        reasons.append((name, " ".join(unsupported.split())[:300]))
     if requested != "auto":
         raise ValueError(f"--engine {requested}: {reasons[0][1]}")
     present = [reason for name, reason in reasons if installed(name)]  # device, precision or model
@@ -112,6 +117,10 @@ def _unsupported(name: str, device: torch.device, precision: str, weights_sha256
     if not installed(name):
         extra = " (pip install 'mura-cli[onnx]')" if name == "onnxruntime" else ""
         return f"{label} is not installed{extra}"
+    if missing_exporters(name):
+        return (
+            f"{label}'s export needs {' and '.join(missing_exporters(name))} (pip install 'mura-cli[onnx]')"
+        )
     if name == "onnxruntime" and _torch_version() < (2, 6):
         return f"{label} needs torch >= 2.6 for its export (torch.onnx's dynamo exporter), not {torch.__version__}"
     if not weights_sha256:
@@ -188,15 +197,17 @@ class OpenVinoBackbone:
 
 
 class OnnxRuntimeBackbone:
-    """An ONNX Runtime session of forward_features on the CPU (all graph optimisations, its default
-    of one intra-op thread per physical core), fed numpy, giving torch."""
+    """An ONNX Runtime session of forward_features on the CPU (all graph optimisations, as many
+    intra-op threads as torch uses unless ``threads`` says), fed numpy, giving torch."""
 
     def __init__(self, folder: Path, threads: int = 0):
         import onnxruntime as ort
 
         self.folder = folder
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (benchmarks/engines.py)
+        # torch's thread count (one per core, or what OMP_NUM_THREADS / torch.set_num_threads say),
+        # so that ONNX Runtime keeps to the same limit as the torch engine
+        options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: its optimiser's remarks are not the user's business
         self.session = ort.InferenceSession(

@@ -53,8 +53,10 @@ def deviation(reference: tuple, other: tuple, threshold: float, cell: int) -> di
     both = np.isfinite(p0) & np.isfinite(p1)
     diff = np.abs(p1[both] - p0[both])
     flips = int(((p0[both] >= threshold) != (p1[both] >= threshold)).sum())
-    have_peaks = both & (k0[:, 0] >= 0) & (k1[:, 0] >= 0)
-    same_cell = (k0[have_peaks] // cell == k1[have_peaks] // cell).all(axis=1)
+    peaked0, peaked1 = k0[:, 0] >= 0, k1[:, 0] >= 0  # no peak: a flat map
+    have_peaks = both & peaked0 & peaked1
+    # same cell where both have a peak; both flat agree, one flat and one not do not
+    same_cell = np.where(peaked0 & peaked1, (k0 // cell == k1 // cell).all(axis=1), peaked0 == peaked1)[both]
     shift = np.linalg.norm((k0[have_peaks] - k1[have_peaks]).astype(float), axis=1)
     n = int(both.sum())
     stats = {
