@@ -242,3 +242,22 @@ def test_openvinos_hints_give_each_image_the_same_features(resnet_model, tmp_pat
     for backbone in (latency, throughput):
         np.testing.assert_allclose(backbone(x).numpy(), expected.numpy(), atol=1e-4)
         np.testing.assert_allclose(backbone(x[:1]).numpy(), expected[:1].numpy(), atol=1e-4)
+
+
+def test_replacing_a_broken_entry_never_deletes_a_whole_one(tmp_path):
+    """Two runs may both find an entry broken; the slower must not delete the whole entry that the
+    faster one has meanwhile renamed into place."""
+    target = tmp_path / "entry"
+
+    def write(folder, whole: bool):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"graph")
+        sha = engines._files_sha256(folder, "onnxruntime") if whole else "stale"
+        (folder / "meta.json").write_text(json.dumps({"export_sha256": sha}), encoding="utf-8")
+
+    write(target, whole=False)
+    engines._discard_broken(target, "onnxruntime")
+    assert not target.exists() and list(tmp_path.iterdir()) == []  # broken: gone, no trash left
+    write(target, whole=True)  # another run's fresh entry, seen as broken a moment ago
+    engines._discard_broken(target, "onnxruntime")
+    assert engines.cached_export(target, "onnxruntime") is not None and list(tmp_path.iterdir()) == [target]

@@ -319,6 +319,23 @@ def _quiet_loggers(*names: str):
             logger.setLevel(level)
 
 
+def _discard_broken(target: Path, engine: str) -> None:
+    """Move a broken entry aside under a name of its own, then delete it: a whole entry that another
+    run renamed into place meanwhile is moved back, not deleted."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.broken.", dir=target.parent)) / "entry"
+    try:
+        os.rename(target, trash)
+    except OSError:  # gone already, or replaced: the rename of the new export below decides
+        shutil.rmtree(trash.parent, ignore_errors=True)
+        return
+    if cached_export(trash, engine) is not None:
+        try:
+            os.rename(trash, target)
+        except OSError:
+            pass
+    shutil.rmtree(trash.parent, ignore_errors=True)
+
+
 def export(engine: str, model: torch.nn.Module, input_size, target: Path, meta: dict, verify) -> dict:
     """Convert forward_features for ``engine`` in a temporary folder beside ``target``, check it with
     ``verify(backbone) -> (largest probability difference, same peaks)`` and rename it into place, so
@@ -346,7 +363,7 @@ def export(engine: str, model: torch.nn.Module, input_size, target: Path, meta: 
             if whole is not None:  # another run put a whole entry there meanwhile: use that one
                 shutil.rmtree(temp, ignore_errors=True)
                 return whole
-            shutil.rmtree(target, ignore_errors=True)  # a broken entry: replaced
+            _discard_broken(target, engine)
         try:
             os.rename(temp, target)
         except OSError as exc:  # another run renamed its entry into place first, or the cache is not writable
