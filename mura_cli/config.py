@@ -28,6 +28,7 @@ class ModelConfig:
     aggregation: str = "mean"  # image probabilities -> study probability
     output_stride: int = 32  # input pixels per heatmap cell (16: timm's dilated last stages, finer maps)
     pooling: str = "avg"  # avg (timm's head) or lse (cell logits pooled by log-mean-exp, mura_cli.pooling)
+    pooling_sharpness: float = 1.0  # lse only: r in (1/r) log mean exp(r s); larger r is nearer the max
     temperature: float = 1.0  # probability = sigmoid(logit / temperature + logit_bias), fitted on validation
     logit_bias: float = 0.0
     tta: str = "none"  # test-time augmentation the calibration and threshold were fitted with (none, flip)
@@ -98,6 +99,7 @@ _CONFIG_TYPES = {
     "aggregation": str,
     "output_stride": int,
     "pooling": str,
+    "pooling_sharpness": _NUMBER,
     "tta": str,
     "temperature": _NUMBER,
     "logit_bias": _NUMBER,
@@ -156,6 +158,11 @@ def _model_config_problems(cfg: ModelConfig):
         yield f"'aggregation' must be one of {list(choices.AGGREGATIONS)}"
     if cfg.pooling not in choices.POOLINGS:
         yield f"'pooling' must be one of {list(choices.POOLINGS)}"
+    sharpness = cfg.pooling_sharpness
+    if not (isinstance(sharpness, (int, float)) and math.isfinite(sharpness) and 0 < sharpness <= 100):
+        yield f"'pooling_sharpness' must be within (0, 100], got {sharpness}"
+    elif sharpness != 1.0 and cfg.pooling != "lse":
+        yield "'pooling_sharpness' applies to pooling 'lse' only"
     if cfg.tta not in choices.TTA_MODES:
         yield f"'tta' must be one of {list(choices.TTA_MODES)}"
     if cfg.output_stride not in (8, 16, 32):
@@ -342,6 +349,13 @@ class TrainConfig:
         "cell and the image logit is their log-mean-exp, so the heatmap is the decision.",
         choice=choices.Pooling,
     )
+    pooling_sharpness: float = option(
+        1.0,
+        "With --pooling lse: r in (1/r) log mean exp(r x cell scores); above 1 the image logit leans "
+        "towards the highest cells (nearer a maximum), so fewer cells decide.",
+        min=0.01,
+        max=100.0,
+    )
     boxes: str | None = option(
         None,
         "Lesion boxes CSV (image_id or path, x0, y0, x1, y1): pull the heatmaps of "
@@ -410,6 +424,8 @@ class TrainConfig:
             raise ValueError("box_loss_from must be an epoch of the run (0 to epochs - 1)")
         if self.lesion_erase > 0 and not self.boxes:
             raise ValueError("lesion_erase needs boxes (the lesions to erase)")
+        if self.pooling_sharpness != 1.0 and self.pooling != "lse":
+            raise ValueError("pooling_sharpness applies to pooling 'lse' only")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

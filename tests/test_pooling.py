@@ -108,3 +108,43 @@ def test_the_report_names_an_lse_heatmap_for_what_it_is():
 
     assert heatmap_name(run("lse")) == LSE_HEATMAP_NAME
     assert heatmap_name(run("avg")) == HEATMAP_NAMES["cam"] and "Grad-CAM" in heatmap_name(run("avg"))
+
+
+def test_pooling_sharpness_leans_towards_the_strongest_cell_and_travels_with_the_model(tmp_path):
+    """(1/r) log mean exp(r s): r = 1 is the plain pooling, a large r nears the maximum cell score, and
+    the box loss weighs the cells as the pooling does (softmax of r s)."""
+    from mura_cli.training.losses import box_attention_loss
+
+    head = CellPooledLinear(1, 1)
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+        head.bias.zero_()
+    features = torch.zeros(1, 1, 4, 4)
+    features[0, 0, 0, 0] = 3.0
+    plain = float(head(features).detach())
+    head.sharpness = 8.0
+    sharp = float(head(features).detach())
+    assert plain == pytest.approx(math.log((math.exp(3.0) + 15) / 16), abs=1e-5)
+    assert sharp == pytest.approx(3.0 - math.log(16) / 8, abs=1e-3) and plain < sharp < 3.0
+    cells, covered = features[:, 0], torch.zeros(1, 4, 4, dtype=torch.bool)
+    covered[0, 0, 0] = True
+    loose, tight = box_attention_loss(cells, covered), box_attention_loss(cells, covered, sharpness=8.0)
+    assert float(tight) < float(loose)  # the strong cell holds more of the sharper pooling's weight
+    folder = make_model_dir(tmp_path / "sharp", "test_efficientnet", pooling="lse", pooling_sharpness=4.0)
+    loaded = load_model(folder)
+    assert loaded.config.pooling_sharpness == 4.0 and loaded.model.get_classifier().sharpness == 4.0
+    assert (
+        load_model(make_model_dir(tmp_path / "plain", "test_efficientnet", pooling="lse"))
+        .model.get_classifier()
+        .sharpness
+        == 1.0
+    )
+
+
+def test_pooling_sharpness_is_checked():
+    with pytest.raises(ModelError, match="'pooling_sharpness' applies to pooling 'lse' only"):
+        ModelConfig(architecture="test_efficientnet", pooling_sharpness=2.0)
+    with pytest.raises(ModelError, match="'pooling_sharpness' must be within"):
+        ModelConfig(architecture="test_efficientnet", pooling="lse", pooling_sharpness=0.0)
+    with pytest.raises(ValueError, match="pooling_sharpness applies to pooling 'lse' only"):
+        TrainConfig(data="-", out_dir="-", pooling_sharpness=2.0)

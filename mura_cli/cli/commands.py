@@ -278,6 +278,7 @@ def train(
     init_weights: str | None = opt(TrainConfig, "init_weights"),
     output_stride: int = opt(TrainConfig, "output_stride"),
     pooling: choices.Pooling = opt(TrainConfig, "pooling"),
+    pooling_sharpness: float = opt(TrainConfig, "pooling_sharpness"),
     boxes: Path | None = opt(TrainConfig, "boxes"),
     box_loss_weight: float = opt(TrainConfig, "box_loss_weight"),
     box_grow: float = opt(TrainConfig, "box_grow"),

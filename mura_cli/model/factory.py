@@ -44,7 +44,9 @@ def create_model(cfg: ModelConfig, pretrained: bool = False) -> nn.Module:
         if "Unknown model" in str(exc):
             raise ModelError(f"unknown architecture '{cfg.architecture}' (not a timm model name)") from None
         raise
-    return use_cell_pooling(model, cfg.architecture) if cfg.pooling == "lse" else model
+    if cfg.pooling != "lse":
+        return model
+    return use_cell_pooling(model, cfg.architecture, cfg.pooling_sharpness)
 
 
 def save_model(model: nn.Module, cfg: ModelConfig, directory: str | Path) -> Path:

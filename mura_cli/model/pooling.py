@@ -22,17 +22,23 @@ from torch import nn
 
 
 class CellPooledLinear(nn.Linear):
-    """A linear classifier applied per cell of a (B, C, h, w) map, pooled by log-mean-exp -> (B, out)."""
+    """A linear classifier applied per cell of a (B, C, h, w) map, pooled by log-mean-exp -> (B, out).
+
+    ``sharpness`` r pools (1/r) log mean exp(r s): r = 1 is the plain log-mean-exp, larger r comes
+    nearer the highest cell score (so fewer cells decide), smaller nearer the mean."""
+
+    sharpness: float = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"cell pooling needs a (B, C, h, w) feature map, got shape {tuple(x.shape)}")
         cells = torch.einsum("bchw,oc->bohw", x, self.weight).flatten(2)
         cells = cells + self.bias[None, :, None]
-        return torch.logsumexp(cells, dim=2) - math.log(cells.shape[2])
+        r = self.sharpness
+        return (torch.logsumexp(r * cells, dim=2) - math.log(cells.shape[2])) / r
 
 
-def use_cell_pooling(model: nn.Module, architecture: str) -> nn.Module:
+def use_cell_pooling(model: nn.Module, architecture: str, sharpness: float = 1.0) -> nn.Module:
     """Swap a timm model's pool + linear head for CellPooledLinear (same parameters); returns the model.
 
     Works for timm models whose head is ``global_pool`` then the classifier named in their pretrained
@@ -48,6 +54,7 @@ def use_cell_pooling(model: nn.Module, architecture: str) -> nn.Module:
             "followed by one linear layer)"
         )
     pooled = CellPooledLinear(classifier.in_features, classifier.out_features)
+    pooled.sharpness = float(sharpness)
     pooled.load_state_dict(classifier.state_dict())
     setattr(model, name, pooled)
     model.global_pool = nn.Identity()

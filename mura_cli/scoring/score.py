@@ -113,6 +113,7 @@ def scoring_settings(config: ScoreConfig, loaded) -> dict:
         "resize": cfg.resize,
         "output_stride": cfg.output_stride,
         "pooling": cfg.pooling,
+        "pooling_sharpness": cfg.pooling_sharpness,
         "heatmaps": config.heatmaps,
         "group_by": config.group_by,
     }

@@ -11,13 +11,16 @@ def cells_covered(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_max_pool2d(masks.float(), grid)[:, 0] > 0
 
 
-def box_attention_loss(cell_logits: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+def box_attention_loss(
+    cell_logits: torch.Tensor, covered: torch.Tensor, sharpness: float = 1.0
+) -> torch.Tensor:
     """Per image: -log(share of the softmax over cells that falls on covered cells).
 
     A multiple-instance form of attention supervision: the map is pulled into the boxes, but the peak
-    may sit on any covered cell, and the mean (the classification logit) stays free. Images without a
-    covered cell give 0. Returns (B,) losses."""
-    flat = cell_logits.flatten(1)
+    may sit on any covered cell, and the mean (the classification logit) stays free. With the cell
+    pooling's ``sharpness`` r the softmax is that of r x the cell logits: the pooling's own weights.
+    Images without a covered cell give 0. Returns (B,) losses."""
+    flat = cell_logits.flatten(1) * sharpness
     inside = flat.masked_fill(~covered.flatten(1), float("-inf"))
     loss = torch.logsumexp(flat, dim=1) - torch.logsumexp(inside, dim=1)
     return torch.where(covered.flatten(1).any(dim=1), loss, torch.zeros_like(loss))

@@ -166,6 +166,7 @@ def model_config_for(config: TrainConfig) -> ModelConfig:
         resize=config.resize,
         output_stride=config.output_stride,
         pooling=config.pooling,
+        pooling_sharpness=config.pooling_sharpness,
         tta=config.tta,
         name=config.name or Path(config.out_dir).name,
         positive_class=config.positive_class,
@@ -299,7 +300,7 @@ class Trainer:
             return None
         cells = cam.cell_logits(features[chosen], self.model.get_classifier())
         covered = losses.cells_covered(batch["box_mask"][valid].to(y.device)[chosen], tuple(cells.shape[-2:]))
-        return losses.box_attention_loss(cells, covered).mean()
+        return losses.box_attention_loss(cells, covered, self.model_cfg.pooling_sharpness).mean()
 
     def state_dict(self) -> dict:
         return {
