@@ -237,6 +237,8 @@ def test_openvinos_hints_give_each_image_the_same_features(resnet_model, tmp_pat
     folder = predictor.backbone.folder
     latency = engines.OpenVinoBackbone(folder, hint="LATENCY")
     throughput = engines.OpenVinoBackbone(folder, hint="THROUGHPUT")
+    if len(throughput.requests) < 2:
+        pytest.skip("OpenVINO gives one infer request here: no batch to split")
     x = torch.randn(5, *model.config.input_size)  # not a multiple of the requests: uneven shares
     expected = predictor.model.forward_features(x).detach()
     for backbone in (latency, throughput):

@@ -187,12 +187,18 @@ class OpenVinoBackbone:
         shares = np.array_split(array, min(len(self.requests), len(array)))
         if len(shares) == 1:
             return torch.from_numpy(self.compiled(array)[0])
-        for request, share in zip(self.requests, shares):
-            request.start_async(share)
-        outputs = []
-        for request in self.requests[: len(shares)]:
-            request.wait()
-            outputs.append(request.get_output_tensor(0).data.copy())
+        started = []
+        try:
+            for request, share in zip(self.requests, shares):
+                request.start_async(share)
+                started.append(request)
+            outputs = []
+            for request in started:
+                request.wait()
+                outputs.append(request.get_output_tensor(0).data.copy())  # the request reuses it
+        finally:  # after an error, no request is left running into the next call
+            for request in started:
+                request.wait()
         return torch.from_numpy(np.concatenate(outputs))
 
 

@@ -33,7 +33,7 @@ class CellPooledLinear(nn.Linear):
         if x.ndim != 4:
             raise ValueError(f"cell pooling needs a (B, C, h, w) feature map, got shape {tuple(x.shape)}")
         cells = torch.einsum("bchw,oc->bohw", x, self.weight).flatten(2)
-        cells = cells + self.bias[None, :, None]
+        cells = (cells + self.bias[None, :, None]).float()  # r x cells must not overflow in fp16
         r = self.sharpness
         return (torch.logsumexp(r * cells, dim=2) - math.log(cells.shape[2])) / r
 

@@ -18,7 +18,8 @@ def box_attention_loss(
 
     A multiple-instance form of attention supervision: the map is pulled into the boxes, but the peak
     may sit on any covered cell, and the mean (the classification logit) stays free. With the cell
-    pooling's ``sharpness`` r the softmax is that of r x the cell logits: the pooling's own weights.
+    pooling's ``sharpness`` r the softmax is that of r x the cell logits: the pooling's own weights
+    (its gradient on the cell logits grows with r, while the pooled logit's does not).
     Images without a covered cell give 0. Returns (B,) losses."""
     flat = cell_logits.flatten(1) * sharpness
     inside = flat.masked_fill(~covered.flatten(1), float("-inf"))
