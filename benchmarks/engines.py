@@ -173,8 +173,10 @@ def engine_rows(model_dir: Path, corpus: Path, work: Path, batch: int, repeats: 
     pipeline = {name: pipeline_rates(corpus, model_dir, batch, repeats, cache, name) for name in names[1:]}
     score_once(corpus, str(model_dir), work / "warm", best, batch, cache)  # warm-up; then alternate
     rates, tables, info = {name: [] for name in names}, {}, {}
-    for _ in range(repeats):
-        for engine in names:
+    for k in range(repeats):
+        # each repeat starts with another engine: the one measured after torch ran slower (torch's
+        # threads still spin for a while after it ends), which swapped the engines' order between runs
+        for engine in names[k % len(names) :] + names[: k % len(names)]:
             rate, tables[engine], info[engine] = score_once(
                 corpus, str(model_dir), work / engine, engine, batch, cache
             )

@@ -121,15 +121,46 @@ def test_a_failed_export_falls_back_to_torch_with_a_reason_and_still_scores(
     assert "\n" not in engine["reason"] and result.images["probability"].notna().all()
 
 
+@pytest.mark.skipif(
+    not all(engines.can_export(name) for name in engines.EXPORTED), reason="needs both exported engines"
+)
+def test_under_auto_a_failed_export_gives_way_to_the_next_engine(tiny_model, tmp_path, monkeypatch):
+    first, second = engines.EXPORTED
+    real = engines.export
+
+    def failing_first(engine, *args, **kwargs):
+        if engine == first:
+            raise RuntimeError("the exporter\ncrashed")
+        return real(engine, *args, **kwargs)
+
+    monkeypatch.setattr(engines, "export", failing_first)
+    model = mura_cli.load_model(tiny_model)
+    auto = Predictor(model, create_runtime("cpu", "fp32"), engine="auto", engine_cache=tmp_path)
+    assert auto.engine.name == second
+    assert (
+        f"the {engines.LABELS[first]} export failed: RuntimeError: the exporter crashed" in auto.engine.reason
+    )
+    named = Predictor(model, create_runtime("cpu", "fp32"), engine=first, engine_cache=tmp_path / "other")
+    assert named.engine.name == "torch"  # asked for by name: no other engine is substituted
+    assert named.engine.reason == (
+        f"torch (the {engines.LABELS[first]} export failed: RuntimeError: the exporter crashed)"
+    )
+
+
 @needs_openvino
-def test_auto_takes_openvino_only_for_fp32_on_the_cpu():
+def test_auto_takes_the_first_usable_engine_only_for_fp32_on_the_cpu():
     import torch
 
     cpu = torch.device("cpu")
-    assert engines.choose_engine("auto", cpu, "fp32", "abc")[0] == "openvino"
+    first = next(name for name in engines.EXPORTED if engines.can_export(name))
+    assert engines.EXPORTED == ("openvino", "onnxruntime")  # measured order (benchmarks/ENGINES.md)
+    assert engines.choose_engine("auto", cpu, "fp32", "abc")[0] == first == "openvino"
+    assert engines.choose_engine("auto", cpu, "fp32", "abc", exclude=(first,))[0] == (
+        "onnxruntime" if engines.can_export("onnxruntime") else "torch"
+    )
     assert engines.choose_engine("auto", cpu, "bf16", "abc") == (
         "torch",
-        "torch (OpenVINO is used for fp32 only, not bf16)",
+        f"torch ({engines.LABELS[first]} is used for fp32 only, not bf16)",
     )
     assert engines.choose_engine("auto", torch.device("cuda"), "fp32", "abc")[0] == "torch"
     assert engines.choose_engine("auto", cpu, "fp32", "")[0] == "torch"  # a module the caller built
@@ -137,7 +168,7 @@ def test_auto_takes_openvino_only_for_fp32_on_the_cpu():
         engines.choose_engine("openvino", torch.device("cuda"), "fp32", "abc")
 
 
-def test_auto_falls_back_from_openvino_to_onnx_runtime_to_torch(monkeypatch):
+def test_auto_passes_over_engines_that_are_not_installed(monkeypatch):
     import torch
 
     cpu = torch.device("cpu")

@@ -31,7 +31,11 @@ from mura_cli import choices, environment
 
 PROBE_TOLERANCE = 1e-4  # largest probability difference to torch an export may show on the probe batch
 EXPORT_FORMAT = 1  # bump when what is exported changes
-EXPORTED = ("openvino", "onnxruntime")  # the engines that run an export, in auto's order of preference
+# the engines that run an export, in auto's order of preference: on this project's 2-core CPU, score
+# end to end ran 1.09x faster with OpenVINO than ONNX Runtime when each engine was measured first in
+# one of the repeats (benchmarks/ENGINES.md, 2026-12-02 14:50), although ONNX Runtime's raw forward
+# was 1.03-1.08x faster
+EXPORTED = ("openvino", "onnxruntime")
 LABELS = {"torch": "torch", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
 FILES = {"openvino": ("model.xml", "model.bin"), "onnxruntime": ("model.onnx",)}  # an export's files
 
@@ -80,15 +84,16 @@ def default_cache_dir() -> Path:
 
 
 def choose_engine(
-    requested: str, device: torch.device, precision: str, weights_sha256: str
+    requested: str, device: torch.device, precision: str, weights_sha256: str, exclude: tuple[str, ...] = ()
 ) -> tuple[str, str]:
-    """(engine, why): auto takes the first installed of OpenVINO and ONNX Runtime for fp32 on the CPU,
-    torch elsewhere; an engine asked for by name that cannot run here is a ValueError."""
+    """(engine, why): auto takes the first of EXPORTED (not in ``exclude``: e.g. its export failed)
+    that can run fp32 on the CPU here, torch elsewhere; an engine asked for by name that cannot run
+    here is a ValueError."""
     if requested not in choices.ENGINES:
         raise ValueError(f"engine must be one of {list(choices.ENGINES)}")
     if requested == "torch":
         return "torch", "torch (asked for)"
-    candidates = EXPORTED if requested == "auto" else (requested,)
+    candidates = [n for n in EXPORTED if n not in exclude] if requested == "auto" else [requested]
     reasons = []
     for name in candidates:
         unsupported = _unsupported(name, device, precision, weights_sha256)
@@ -104,6 +109,8 @@ def choose_engine(
     if requested != "auto":
         raise ValueError(f"--engine {requested}: {reasons[0][1]}")
     present = [reason for name, reason in reasons if installed(name)]  # device, precision or model
+    if not present and exclude:
+        return "torch", "torch"  # every usable engine was tried; the caller says why they failed
     return "torch", f"torch ({present[0] if present else 'neither OpenVINO nor ONNX Runtime is installed'})"
 
 
@@ -157,8 +164,9 @@ def _core():
     return _CORE
 
 
-# OpenVINO's performance hint for score and evaluate, chosen by measurement (benchmarks/engines.py)
-OPENVINO_HINT = "LATENCY"
+# OpenVINO's performance hint for score and evaluate (benchmarks/engines.py, 2026-12-02, 2-core CPU:
+# throughput against latency ran 0.98-1.02x raw and 0.99-1.08x with decoding beside it, three runs)
+OPENVINO_HINT = "THROUGHPUT"
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,24 +120,31 @@ class Predictor:
         self.engine = self._choose_engine(loaded, engine, engine_cache)
 
     def _choose_engine(self, loaded: LoadedModel, requested: str, cache: Path | None) -> engines.EngineInfo:
-        name, why = engines.choose_engine(
-            requested, self.runtime.device, self.runtime.precision, loaded.weights_sha256
-        )
-        if name != "torch" and self.heatmap_method == "gradcam":
-            name, why = (
-                "torch",
-                f"torch (Grad-CAM needs gradients through the head, which {engines.LABELS[name]} does not give)",
+        """The engine that runs the backbone; under auto an engine whose export fails gives way to the
+        next one, and torch runs when none is left; every failure is said in the reason."""
+        failed: dict[str, str] = {}  # engine -> why its export failed
+        while True:
+            name, why = engines.choose_engine(
+                requested, self.runtime.device, self.runtime.precision, loaded.weights_sha256, tuple(failed)
             )
-        if name == "torch":
+            if name != "torch" and self.heatmap_method == "gradcam":
+                label = engines.LABELS[name]
+                name, why = (
+                    "torch",
+                    f"torch (Grad-CAM needs gradients through the head, which {label} does not give)",
+                )
+            if name != "torch" and not (failed and requested != "auto"):
+                try:
+                    info = self._use_engine(name, loaded, cache or engines.default_cache_dir(), why)
+                except Exception as exc:  # any export or runtime failure: the next engine or torch
+                    self.backbone = engines.TorchBackbone(self.model, self.runtime)
+                    reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                    failed[name] = f"the {engines.LABELS[name]} export failed: {reason}"
+                    continue
+                return dataclasses.replace(info, reason="; ".join([info.reason, *failed.values()]))
+            if failed:
+                why = f"torch ({'; '.join(failed.values())})"
             return engines.EngineInfo("torch", torch.__version__, why)
-        try:
-            return self._use_engine(name, loaded, cache or engines.default_cache_dir(), why)
-        except Exception as exc:  # any export or runtime failure: torch, said in one line
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-            self.backbone = engines.TorchBackbone(self.model, self.runtime)
-            return engines.EngineInfo(
-                "torch", torch.__version__, f"torch (the {engines.LABELS[name]} export failed: {reason})"
-            )
 
     def _use_engine(self, name: str, loaded: LoadedModel, cache: Path, why: str) -> engines.EngineInfo:
         """Run the backbone in ``name`` from its cached export, made (and checked) first when missing."""
