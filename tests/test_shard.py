@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -40,7 +41,14 @@ def test_shards_merge_into_the_single_run_row_for_row(tmp_path, tiny_model, rg3_
     )
     assert merged.exit_code == 3, merged.output
     for name in ("images.csv", "studies.csv"):
-        assert (tmp_path / "m" / name).read_text() == (tmp_path / "single" / name).read_text(), name
+        # row for row; a probability may differ by one unit of its 6th decimal: the shards' batches
+        # hold other images, and floating-point sums may round differently by batch
+        merged_rows, single_rows = (pd.read_csv(tmp_path / d / name) for d in ("m", "single"))
+        assert list(merged_rows.columns) == list(single_rows.columns), name
+        pd.testing.assert_frame_equal(
+            merged_rows.drop(columns="probability"), single_rows.drop(columns="probability"), obj=name
+        )
+        np.testing.assert_allclose(merged_rows["probability"], single_rows["probability"], atol=1.5e-6)
     assert (tmp_path / "m" / "report.pdf").stat().st_size > 10_000
 
 

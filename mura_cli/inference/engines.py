@@ -164,9 +164,10 @@ def _core():
     return _CORE
 
 
-# OpenVINO's performance hint for score and evaluate (benchmarks/engines.py, 2026-12-02, 2-core CPU:
-# throughput against latency ran 0.98-1.02x raw and 0.99-1.08x with decoding beside it, three runs)
-OPENVINO_HINT = "THROUGHPUT"
+# OpenVINO's performance hint for score and evaluate. The throughput hint measured 0.98-1.02x of the
+# latency hint raw and 0.99-1.08x with decoding beside it (benchmarks/engines.py, 2026-12-02, 2-core
+# CPU, three runs): no clear gain, so the latency hint (one request per batch) stays
+OPENVINO_HINT = "LATENCY"
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
 
 
