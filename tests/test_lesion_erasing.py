@@ -165,7 +165,7 @@ def test_elsewhere_lands_on_anatomy_and_visibly_changes_the_image():
 
 
 def test_elsewhere_is_drawn_among_all_places_that_fit():
-    """Every valid place can be drawn (no give-up after a few random tries): a lesion that leaves a
+    """Every valid place can be drawn (no give-up after a few random tries): a lesion that leaves
     only two places free elsewhere (of 22 it could try) is still moved there, every time."""
     mask = torch.zeros(20, 20, dtype=torch.uint8)
     mask[0:10, 0:19] = 1  # room for its 10 x 19 box only at rows 10, column 0 or 1
