@@ -124,10 +124,9 @@ def _unsupported(name: str, device: torch.device, precision: str, weights_sha256
     if not installed(name):
         extra = " (pip install 'mura-cli[onnx]')" if name == "onnxruntime" else ""
         return f"{label} is not installed{extra}"
-    if missing_exporters(name):
-        return (
-            f"{label}'s export needs {' and '.join(missing_exporters(name))} (pip install 'mura-cli[onnx]')"
-        )
+    missing = missing_exporters(name)
+    if missing:
+        return f"{label}'s export needs {' and '.join(missing)} (pip install 'mura-cli[onnx]')"
     if name == "onnxruntime" and _torch_version() < (2, 6):
         return f"{label} needs torch >= 2.6 for its export (torch.onnx's dynamo exporter), not {torch.__version__}"
     if not weights_sha256:

@@ -133,18 +133,19 @@ class Predictor:
                     "torch",
                     f"torch (Grad-CAM needs gradients through the head, which {label} does not give)",
                 )
-            if name != "torch" and not (failed and requested != "auto"):
-                try:
-                    info = self._use_engine(name, loaded, cache or engines.default_cache_dir(), why)
-                except Exception as exc:  # any export or runtime failure: the next engine or torch
-                    self.backbone = engines.TorchBackbone(self.model, self.runtime)
-                    reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-                    failed[name] = f"the {engines.LABELS[name]} export failed: {reason}"
-                    continue
-                return dataclasses.replace(info, reason="; ".join([info.reason, *failed.values()]))
-            if failed:
-                why = f"torch ({'; '.join(failed.values())})"
-            return engines.EngineInfo("torch", torch.__version__, why)
+            if name == "torch":
+                why = f"torch ({'; '.join(failed.values())})" if failed else why
+                return engines.EngineInfo("torch", torch.__version__, why)
+            try:
+                info = self._use_engine(name, loaded, cache or engines.default_cache_dir(), why)
+            except Exception as exc:  # any export or runtime failure: the next engine (auto) or torch
+                self.backbone = engines.TorchBackbone(self.model, self.runtime)
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                failed[name] = f"the {engines.LABELS[name]} export failed: {reason}"
+                if requested != "auto":
+                    return engines.EngineInfo("torch", torch.__version__, f"torch ({failed[name]})")
+                continue
+            return dataclasses.replace(info, reason="; ".join([info.reason, *failed.values()]))
 
     def _use_engine(self, name: str, loaded: LoadedModel, cache: Path, why: str) -> engines.EngineInfo:
         """Run the backbone in ``name`` from its cached export, made (and checked) first when missing."""
