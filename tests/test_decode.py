@@ -9,6 +9,7 @@ from PIL import Image
 
 from mura_cli.errors import DecodeError
 from mura_cli.inputs.decode import decode_image, window
+from mura_cli.inputs.geometry import crop_region, fit_geometry, place_on_canvas
 
 from conftest import radiograph, save_png8, save_png16
 
@@ -20,6 +21,26 @@ def test_16bit_png_keeps_its_full_range(tmp_path):
     decoded = decode_image(path)
     np.testing.assert_allclose(decoded, values / 65535.0, atol=1e-7)
     assert decoded[0, 2] > 0.6  # not clipped at 255
+
+
+def test_8bit_pixels_and_their_canvas_are_exactly_the_float_formula(tmp_path):
+    """The in-place arithmetic of the decode and the canvas gives bit for bit what the plain formula
+    gives (uint8 / 255 in float32; resized in float, times 255, rounded once): a speed change that
+    moved a pixel would move the model's answers."""
+    pixels = np.random.default_rng(5).integers(0, 256, (97, 131), dtype=np.uint8)
+    path = tmp_path / "noise.png"
+    Image.fromarray(pixels).save(path)
+    decoded = decode_image(path)
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, pixels.astype(np.float32) / 255.0)
+    geometry = fit_geometry(97, 131, 64, 64, "letterbox")
+    canvas = place_on_canvas(decoded, geometry, 64, 64)
+    resized = np.asarray(
+        Image.fromarray(decoded, mode="F").resize((geometry.new_w, geometry.new_h), Image.BILINEAR)
+    )
+    expected = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(crop_region(canvas, geometry), expected)
+    assert canvas.dtype == np.uint8 and int(canvas.sum()) == int(expected.sum())  # the padding is black
 
 
 def test_8bit_and_16bit_twins_decode_identically(tmp_path):

@@ -45,7 +45,11 @@ def place_on_canvas(gray: np.ndarray, geometry: Geometry, canvas_h: int, canvas_
     resized = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F").resize(
         (geometry.new_w, geometry.new_h), Image.BILINEAR
     )
-    region = np.clip(np.rint(np.asarray(resized) * 255.0), 0, 255).astype(np.uint8)
+    region = np.array(resized, dtype=np.float32)  # its own buffer, rounded in place (no temporaries)
+    region *= np.float32(255.0)
+    np.rint(region, out=region)
+    np.clip(region, 0, 255, out=region)
+    region = region.astype(np.uint8)
     canvas = np.zeros((canvas_h, canvas_w), dtype=np.uint8)
     canvas[geometry.top : geometry.top + geometry.new_h, geometry.left : geometry.left + geometry.new_w] = (
         region
