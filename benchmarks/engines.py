@@ -68,6 +68,12 @@ def raw_rates(model_dir: Path, batch: int, seconds: float, cache: Path) -> dict[
         )
         predictor._forward(x)
         rates[engine] = _rate(predictor, x, seconds)
+        for size in OTHER_BATCHES:  # score's batch size against smaller and larger ones
+            other = predictor.prepare(
+                torch.randint(0, 255, (size, 1, *loaded.config.input_size[1:]), dtype=torch.uint8)
+            )
+            predictor._forward(other)
+            rates[f"{engine}_batch_{size}"] = _rate(predictor, other, seconds / 2)
         if engine == "openvino":  # its performance hint: score's against the other one
             predictor.backbone, default = _other_hint(predictor.backbone), predictor.backbone
             predictor._forward(x)
@@ -82,6 +88,22 @@ def raw_rates(model_dir: Path, batch: int, seconds: float, cache: Path) -> dict[
             rates["onnxruntime_1_thread"] = _rate(predictor, x, seconds)
             predictor.backbone = default
     return rates
+
+
+OTHER_BATCHES = (8, 16, 64)  # raw rates at these batch sizes beside --batch
+
+
+def _batch_row(name: str, raw: dict, batch: int) -> tuple[str, str, str]:
+    from mura_cli.inference.engines import LABELS
+
+    sizes = sorted({batch, *OTHER_BATCHES})
+    rates = {size: raw[name] if size == batch else raw[f"{name}_batch_{size}"] for size in sizes}
+    best = max(rates, key=rates.get)
+    return (
+        f"raw, {LABELS[name]} at batch {' / '.join(map(str, sizes))}",
+        " / ".join(f"{rates[size]:.1f}" for size in sizes) + " img/s",
+        f"batch {batch} (score's) gives {rates[batch] / rates[best]:.2f}x of the best (batch {best})",
+    )
 
 
 def _other_hint(backbone):
@@ -193,6 +215,7 @@ def engine_rows(model_dir: Path, corpus: Path, work: Path, batch: int, repeats: 
     for name in names:
         ratio = "1.00x" if name == "torch" else f"{raw[name] / raw['torch']:.2f}x of torch"
         rows.append((f"raw forward + head + CAM, {LABELS[name]}", f"{raw[name]:.1f} img/s", ratio))
+    rows.extend(_batch_row(name, raw, batch) for name in names)
     if "openvino_other_hint" in raw:
         from mura_cli.inference.engines import OPENVINO_HINT, OPENVINO_HINTS
 
