@@ -259,22 +259,52 @@ def test_a_broken_engine_install_and_a_missing_exporter_fall_back_with_their_rea
         engines.choose_engine("onnxruntime", cpu, "fp32", "abc")
 
 
-@needs_openvino
-def test_openvinos_hints_give_each_image_the_same_features(resnet_model, tmp_path):
-    """The throughput hint splits a batch over its infer requests; the shares come back in order and
-    each image's features are those of the latency hint (one stream) and of torch."""
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_batch_in_pieces_gives_each_image_the_same_features(engine, resnet_model, tmp_path):
+    """Score's setting (pieces of the batch side by side, one core each) and the other one (every core
+    on each layer of the whole batch) give each image torch's features, in order, for a batch that is
+    not a multiple of the piece size and for one image."""
     model = mura_cli.load_model(resnet_model)
-    predictor = Predictor(model, create_runtime("cpu", "fp32"), engine="openvino", engine_cache=tmp_path)
+    predictor = Predictor(model, create_runtime("cpu", "fp32"), engine=engine, engine_cache=tmp_path)
     folder = predictor.backbone.folder
-    latency = engines.OpenVinoBackbone(folder, hint="LATENCY")
-    throughput = engines.OpenVinoBackbone(folder, hint="THROUGHPUT")
-    if len(throughput.requests) < 2:
-        pytest.skip("OpenVINO gives one infer request here: no batch to split")
-    x = torch.randn(5, *model.config.input_size)  # not a multiple of the requests: uneven shares
+    if engine == "openvino":
+        backbones = [engines.OpenVinoBackbone(folder, hint=hint) for hint in engines.OPENVINO_HINTS]
+    else:
+        backbones = [engines.OnnxRuntimeBackbone(folder, threads=2, split=split) for split in (True, False)]
+    x = torch.randn(2 * engines.PIECE + 1, *model.config.input_size)
     expected = predictor.model.forward_features(x).detach()
-    for backbone in (latency, throughput):
+    for backbone in backbones:
         np.testing.assert_allclose(backbone(x).numpy(), expected.numpy(), atol=1e-4)
         np.testing.assert_allclose(backbone(x[:1]).numpy(), expected[:1].numpy(), atol=1e-4)
+
+
+def test_pieces_come_back_in_order_and_a_failure_waits_for_the_running_ones():
+    """Pieces that end out of order are put back in order; when one fails, its error is raised only
+    after every piece that had started has ended (none runs on into the next batch)."""
+    import threading
+    import time
+
+    running, lock = [0], threading.Lock()
+
+    def run(piece):
+        with lock:
+            running[0] += 1
+        try:
+            if piece[0] >= 100:  # fails at once
+                raise RuntimeError(f"piece from {int(piece[0])} failed")
+            time.sleep(0.2 if piece[0] == 4 else 0.0)  # a piece that ends after those behind it
+            return piece * 10
+        finally:
+            with lock:
+                running[0] -= 1
+
+    pieces = engines._Pieces(2, run)
+    batch = np.arange(7, dtype=np.float32)
+    np.testing.assert_array_equal(pieces(batch), batch * 10)
+    failing = np.array([100, 101, 4, 5], dtype=np.float32)  # fails while the slow piece still runs
+    with pytest.raises(RuntimeError, match="piece from 100 failed"):
+        pieces(failing)
+    assert running[0] == 0
 
 
 def test_replacing_a_broken_entry_never_deletes_a_whole_one(tmp_path):

@@ -163,22 +163,57 @@ def _core():
     return _CORE
 
 
-# OpenVINO's performance hint for score and evaluate. The throughput hint measured 0.98-1.02x of the
-# latency hint raw and 0.99-1.08x with decoding beside it (benchmarks/engines.py, 2026-12-02, 2-core
-# CPU, three runs): no clear gain, so the latency hint (one request per batch) stays
-OPENVINO_HINT = "LATENCY"
+# Both engines run a batch in pieces of PIECE images, side by side, one core each: on the 2-core CPU
+# that ran the backbone 1.15-1.2x faster than every core on each layer of the whole batch, and `score`
+# with decoding beside it 1.1-1.15x faster (no layer waits for a core that the decoding thread holds;
+# benchmarks/ENGINES.md, 2026-12-02 17:00). Pieces of 1, 2 and 4 measured alike, 8 slower.
+PIECE = 2
+
+
+class _Pieces:
+    """Runs ``run(piece)`` over a batch cut into pieces of PIECE images on ``workers`` threads (the
+    engines release the GIL) and puts the results back in order. A failure is raised once every
+    piece already started has ended, so that no inference is left running into the next call."""
+
+    def __init__(self, workers: int, run):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.workers, self.run = max(1, workers), run
+        self.pool = (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="mura-cli-engine")
+            if self.workers > 1
+            else None
+        )
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        pieces = [array[i : i + PIECE] for i in range(0, len(array), PIECE)]
+        if self.pool is None or len(pieces) == 1:
+            return np.concatenate([self.run(piece) for piece in pieces])
+        from concurrent.futures import wait
+
+        futures = [self.pool.submit(self.run, piece) for piece in pieces]
+        try:
+            return np.concatenate([future.result() for future in futures])
+        finally:  # after a failure: the pieces not started are dropped, the running ones awaited
+            for future in futures:
+                future.cancel()
+            wait(futures)
+
+
+# OpenVINO's performance hint for score and evaluate. THROUGHPUT: one stream per core or so, each
+# with its own infer request, fed pieces of the batch (see PIECE). LATENCY: one request per batch,
+# every core on each layer (kept for the benchmark's comparison)
+OPENVINO_HINT = "THROUGHPUT"
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
 
 
 class OpenVinoBackbone:
-    """A compiled OpenVINO model of forward_features (fp32), fed numpy, giving torch.
-
-    ``hint`` is OpenVINO's performance hint. LATENCY: one stream, every core on each layer of the
-    batch. THROUGHPUT: one stream per core or so, each with its own infer request; a batch is split
-    into one share per request and the shares run side by side, so no layer waits for all cores (and
-    for a thread that decodes the next batch). Each image's result is the same either way."""
+    """A compiled OpenVINO model of forward_features (fp32), fed numpy, giving torch; ``hint`` is
+    OpenVINO's performance hint (OPENVINO_HINT). Each image's result is the same either way."""
 
     def __init__(self, folder: Path, hint: str = OPENVINO_HINT):
+        import queue
+
         core = _core()
         self.folder, self.hint = folder, hint
         # f32 explicitly: on CPUs with AMX or AVX512-BF16, OpenVINO's default is bf16 (issue 16)
@@ -187,51 +222,62 @@ class OpenVinoBackbone:
             "CPU",
             {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": hint},
         )
-        streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        streams = (
+            1 if hint == "LATENCY" else int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        )
         self.requests = [self.compiled.create_infer_request() for _ in range(max(1, streams))]
+        self.idle: queue.Queue = queue.Queue()
+        for request in self.requests:
+            self.idle.put(request)
+        self.pieces = _Pieces(len(self.requests), self._infer)
+
+    def _infer(self, piece: np.ndarray) -> np.ndarray:
+        request = self.idle.get()  # a request of its own for each thread; as many threads as requests
+        try:
+            request.infer(piece)
+            return request.get_output_tensor(0).data.copy()  # the request reuses its output
+        finally:
+            self.idle.put(request)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        shares = np.array_split(array, min(len(self.requests), len(array)))
-        if len(shares) == 1:
+        if self.hint == "LATENCY":
             return torch.from_numpy(self.compiled(array)[0])
-        started = []
-        try:
-            for request, share in zip(self.requests, shares):
-                request.start_async(share)
-                started.append(request)
-            outputs = []
-            for request in started:
-                request.wait()
-                outputs.append(request.get_output_tensor(0).data.copy())  # the request reuses it
-        finally:  # after an error, no request is left running into the next call
-            for request in started:
-                request.wait()
-        return torch.from_numpy(np.concatenate(outputs))
+        return torch.from_numpy(self.pieces(array))
 
 
 class OnnxRuntimeBackbone:
-    """An ONNX Runtime session of forward_features on the CPU (all graph optimisations, as many
-    intra-op threads as torch uses unless ``threads`` says), fed numpy, giving torch."""
+    """An ONNX Runtime session of forward_features on the CPU (all graph optimisations), fed numpy,
+    giving torch. ``split`` (score's): the batch in pieces (PIECE) on as many threads as torch uses,
+    each piece on one intra-op thread that does not spin; else the whole batch on that many intra-op
+    threads (kept for the benchmark's comparison)."""
 
-    def __init__(self, folder: Path, threads: int = 0):
+    def __init__(self, folder: Path, threads: int = 0, split: bool = True):
         import onnxruntime as ort
 
-        self.folder = folder
-        options = ort.SessionOptions()
+        self.folder, self.split = folder, split
         # torch's thread count (one per core, or what OMP_NUM_THREADS / torch.set_num_threads say),
         # so that ONNX Runtime keeps to the same limit as the torch engine
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        threads = threads or torch.get_num_threads()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1 if split else threads
+        options.inter_op_num_threads = 1
+        # a spinning thread takes the core a decoding thread or another piece's thread needs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if split else "1")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: its optimiser's remarks are not the user's business
         self.session = ort.InferenceSession(
             str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
         self.input = self.session.get_inputs()[0].name
+        self.pieces = _Pieces(threads if split else 1, self._run)
+
+    def _run(self, piece: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: piece})[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        return torch.from_numpy(self.session.run(None, {self.input: array})[0])
+        return torch.from_numpy(self.pieces(array) if self.split else self._run(array))
 
 
 BACKBONES = {"openvino": OpenVinoBackbone, "onnxruntime": OnnxRuntimeBackbone}
