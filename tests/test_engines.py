@@ -324,3 +324,19 @@ def test_replacing_a_broken_entry_never_deletes_a_whole_one(tmp_path):
     write(target, whole=True)  # another run's fresh entry, seen as broken a moment ago
     engines._discard_broken(target, "onnxruntime")
     assert engines.cached_export(target, "onnxruntime") is not None and list(tmp_path.iterdir()) == [target]
+
+
+def test_torch_on_the_cpu_runs_a_batch_in_pieces_with_the_whole_batchs_features(tiny_model):
+    """Eager torch forwards a CPU batch in pieces of TORCH_CPU_PIECE images (faster there), each image's
+    features those of the whole batch in one call."""
+    model = mura_cli.load_model(tiny_model).model.eval()
+    calls = []
+    forward = model.forward_features
+    model.forward_features = lambda part: calls.append(len(part)) or forward(part)
+    backbone = engines.TorchBackbone(model, create_runtime("cpu", "fp32"))
+    x = torch.randn(2 * engines.TORCH_CPU_PIECE + 3, *mura_cli.load_model(tiny_model).config.input_size)
+    with torch.inference_mode():
+        whole = forward(x)
+    pieces = backbone(x)
+    assert calls == [engines.TORCH_CPU_PIECE, engines.TORCH_CPU_PIECE, 3]
+    torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
