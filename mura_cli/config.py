@@ -375,6 +375,12 @@ class TrainConfig:
         min=0.0,
         max=0.5,
     )
+    deletion_loss_weight: float = option(
+        0.0,
+        "With --boxes: weight of a paired loss that asks each boxed positive image's logit to drop by "
+        "a margin when its boxes are erased (both copies in the same step; 0: off).",
+        min=0.0,
+    )
     tta: str = option(
         "none",
         "Test-time augmentation the model is validated, calibrated and shipped with: none, or flip "
@@ -424,6 +430,8 @@ class TrainConfig:
             raise ValueError("box_loss_from must be an epoch of the run (0 to epochs - 1)")
         if self.lesion_erase > 0 and not self.boxes:
             raise ValueError("lesion_erase needs boxes (the lesions to erase)")
+        if self.deletion_loss_weight > 0 and not self.boxes:
+            raise ValueError("deletion_loss_weight needs boxes (the lesions to erase)")
         if self.pooling_sharpness != 1.0 and self.pooling != "lse":
             raise ValueError("pooling_sharpness applies to pooling 'lse' only")
 

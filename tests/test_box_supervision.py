@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mura_cli.config import ModelConfig, TrainConfig
 from mura_cli.errors import InputError
@@ -50,7 +51,7 @@ def _energy_outside(trainer: Trainer, batch: dict) -> float:
     return float((maps * ~covered).sum() / maps.sum().clamp_min(1e-12))
 
 
-def _trainer(box_weight: float, tmp_path, pooling: str = "avg") -> Trainer:
+def _trainer(box_weight: float, tmp_path, pooling: str = "avg", deletion_weight: float = 0.0) -> Trainer:
     torch.manual_seed(0)
     cfg = ModelConfig(
         architecture="test_efficientnet", input_size=(1, SIZE, SIZE), mean=(0.5,), std=(0.5,), pooling=pooling
@@ -64,6 +65,7 @@ def _trainer(box_weight: float, tmp_path, pooling: str = "avg") -> Trainer:
         freeze_epochs=0,
         boxes="boxes.csv",
         box_loss_weight=box_weight,
+        deletion_loss_weight=deletion_weight,
     )
     trainer = Trainer(config, create_model(cfg), cfg, Runtime(torch.device("cpu"), "fp32", "test"))
     trainer.set_phase(0)
@@ -85,6 +87,47 @@ def test_box_loss_pulls_the_heatmap_into_the_box(tmp_path, pooling):
     after, without = _energy_outside(supervised, batch), _energy_outside(plain, batch)
     assert after < before - 0.1, (before, after)
     assert after < without
+
+
+def test_deletion_loss_pairs_each_boxed_positive_with_its_erased_copy(tmp_path, monkeypatch):
+    """The boxed positives (not the negatives, not a positive whose boxes left the canvas) go through
+    the same forward pass a second time with their boxes erased; the paired loss sees their logits
+    and falls as the steps go on, and the step still counts the batch's own images only."""
+    rng = np.random.default_rng(1)
+    batch = _toy_batch(rng)
+    for k in range(8, 16):  # negatives: the decoy without the lesion, no boxes
+        batch["image"][k, 0, 8:20, 8:20] = batch["image"][k, 0, 30:42, 30:42]
+        batch["label"][k], batch["has_boxes"][k] = 0, False
+        batch["box_mask"][k] = 0
+    batch["box_mask"][7] = 0  # a positive whose boxes the augmentation moved off the canvas
+    trainer = _trainer(0.0, tmp_path, "lse", deletion_weight=1.0)
+    sizes, pair_losses = [], []
+    forward = trainer.forward_module
+    trainer.forward_module = lambda x: sizes.append(len(x)) or forward(x)
+    real = losses.deletion_pair_loss
+
+    def recorded(kept, erased):
+        assert kept.shape == erased.shape == (7,)
+        out = real(kept, erased)
+        pair_losses.append(float(out.detach().mean()))
+        return out
+
+    monkeypatch.setattr(losses, "deletion_pair_loss", recorded)
+    for _ in range(15):
+        _, _, used = trainer.step(batch)
+    assert used == 16 and set(sizes) == {16 + 7}
+    assert np.mean(pair_losses[-3:]) < pair_losses[0] - 0.3, pair_losses
+    plain = _trainer(0.0, tmp_path, "lse")
+    forward_plain = plain.forward_module
+    plain.forward_module = lambda x: sizes.append(len(x)) or forward_plain(x)
+    plain.step(batch)
+    assert sizes[-1] == 16  # off by default: no copies
+
+
+def test_deletion_pair_loss_is_small_past_the_margin():
+    kept = torch.tensor([5.0, 0.0])
+    loss = losses.deletion_pair_loss(kept, torch.tensor([0.0, 0.0]))
+    assert float(loss[0]) < 0.06 and float(loss[1]) == pytest.approx(float(F.softplus(torch.tensor(2.0))))
 
 
 def test_box_loss_ignores_negatives_and_images_without_boxes():

@@ -284,6 +284,7 @@ def train(
     box_grow: float = opt(TrainConfig, "box_grow"),
     box_loss_from: int = opt(TrainConfig, "box_loss_from"),
     lesion_erase: float = opt(TrainConfig, "lesion_erase"),
+    deletion_loss_weight: float = opt(TrainConfig, "deletion_loss_weight"),
     tta: choices.TTA = opt(TrainConfig, "tta"),
     flip: bool = opt(TrainConfig, "flip"),
     rotate: float = opt(TrainConfig, "rotate"),

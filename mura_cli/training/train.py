@@ -271,16 +271,23 @@ class Trainer:
         valid = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
         if not valid.any():
             return 0.0, 0.0, 0
-        x = self.prepare(batch["image"][valid])
+        images = batch["image"][valid]
         y = batch["label"][valid].float().to(self.runtime.device)
         w = batch["weight"][valid].float().to(self.runtime.device)
+        pairs = self._deletion_pairs(batch, valid, y)
+        if pairs is not None:  # the erased copies ride in the same forward pass, after the batch
+            images = torch.cat([images, pairs[1]])
         with self.runtime.autocast():
-            logits, features = self.forward_module(x)
+            logits, features = self.forward_module(self.prepare(images))
+        n = len(y)
         bce = (
-            nn.functional.binary_cross_entropy_with_logits(logits[:, 0].float(), y, reduction="none") * w
+            nn.functional.binary_cross_entropy_with_logits(logits[:n, 0].float(), y, reduction="none") * w
         ).mean()
-        box = self._box_loss(batch, valid, features, y)
+        box = self._box_loss(batch, valid, features[:n], y)
         loss = bce + self.config.box_loss_weight * box if box is not None else bce
+        if pairs is not None:
+            kept, erased = logits[:n, 0][pairs[0]].float(), logits[n:, 0].float()
+            loss = loss + self.config.deletion_loss_weight * losses.deletion_pair_loss(kept, erased).mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -288,6 +295,22 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         return float(bce.detach()), float(box.detach()) if box is not None else 0.0, int(valid.sum())
+
+    def _deletion_pairs(self, batch: dict, valid: torch.Tensor, y: torch.Tensor):
+        """(which of the batch's images, their copies with the boxes erased) for the boxed positive
+        images, None when the deletion loss is off or the batch has none."""
+        if self.config.deletion_loss_weight == 0 or "box_mask" not in batch:
+            return None
+        chosen = torch.as_tensor(batch["has_boxes"], dtype=torch.bool)[valid] & (y.cpu() > 0.5)
+        masks = batch["box_mask"][valid][chosen]
+        chosen[chosen.clone()] = masks.flatten(1).amax(dim=1) > 0  # boxes moved off the canvas: no pair
+        if not bool(chosen.any()):
+            return None
+        from mura_cli.training.erasing import erase
+
+        images, masks = batch["image"][valid][chosen], batch["box_mask"][valid][chosen]
+        erased = torch.stack([erase(image, mask[0], blur=False) for image, mask in zip(images, masks)])
+        return chosen.to(y.device), erased
 
     def _box_loss(self, batch: dict, valid: torch.Tensor, features: torch.Tensor, y: torch.Tensor):
         """The box loss over this batch's positive images that have boxes (None when there are none)."""
@@ -521,7 +544,9 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
 def training_boxes(config: TrainConfig) -> dict | None:
     """The lesion boxes for the box loss and lesion erasing, or None without ``--boxes`` (or with
     neither a box-loss weight nor erasing)."""
-    if not config.boxes or (config.box_loss_weight == 0 and config.lesion_erase == 0):
+    if not config.boxes or (
+        config.box_loss_weight == 0 and config.lesion_erase == 0 and config.deletion_loss_weight == 0
+    ):
         return None
     from mura_cli.inputs.boxes import read_boxes
 
