@@ -305,6 +305,10 @@ def test_pieces_come_back_in_order_and_a_failure_waits_for_the_running_ones():
     with pytest.raises(RuntimeError, match="piece from 100 failed"):
         pieces(failing)
     assert running[0] == 0
+    sizes = []
+    pieces = engines._Pieces(2, lambda piece: sizes.append(len(piece)) or piece)
+    pieces(np.arange(2, dtype=np.float32))  # a batch of 2 on 2 workers: one image each
+    assert sorted(sizes) == [1, 1]
 
 
 def test_replacing_a_broken_entry_never_deletes_a_whole_one(tmp_path):

@@ -195,7 +195,9 @@ class _Pieces:
         )
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
-        pieces = [array[i : i + PIECE] for i in range(0, len(array), PIECE)]
+        # a small batch in smaller pieces, so that every worker gets one (a batch of 2 on 2 cores)
+        size = max(1, min(PIECE, -(-len(array) // self.workers)))
+        pieces = [array[i : i + size] for i in range(0, len(array), size)]
         if self.pool is None or len(pieces) == 1:
             return np.concatenate([self.run(piece) for piece in pieces])
         from concurrent.futures import wait

@@ -55,6 +55,7 @@ LOG_COLUMNS = [
     "phase",
     "train_loss",
     "train_box_loss",
+    "train_deletion_loss",  # the paired deletion loss (--deletion-loss-weight), 0 when off
     "val_loss",
     "val_auroc",
     "val_kappa",
@@ -285,9 +286,12 @@ class Trainer:
         ).mean()
         box = self._box_loss(batch, valid, features[:n], y)
         loss = bce + self.config.box_loss_weight * box if box is not None else bce
+        self.last_deletion_loss = 0.0  # mean over the batch's pairs, read by train_epoch
         if pairs is not None:
             kept, erased = logits[:n, 0][pairs[0]].float(), logits[n:, 0].float()
-            loss = loss + self.config.deletion_loss_weight * losses.deletion_pair_loss(kept, erased).mean()
+            pair = losses.deletion_pair_loss(kept, erased).mean()
+            loss = loss + self.config.deletion_loss_weight * pair
+            self.last_deletion_loss = float(pair.detach())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -403,22 +407,24 @@ def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tupl
     return study_metrics(validate_images(trainer, val, records, workers))
 
 
-def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> tuple[float, float]:
-    """One pass over the training images; returns the mean classification and box losses."""
+def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> tuple[float, float, float]:
+    """One pass over the training images; returns the mean classification, box and deletion losses."""
     if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new, agreed order every epoch
         loader.sampler.set_epoch(epoch)
-    total, box_total, count = 0.0, 0.0, 0
+    total, box_total, deletion_total, count = 0.0, 0.0, 0.0, 0
     for k, batch in enumerate(loader):
         batch["weight"] = torch.tensor(
             [weights.get((bp, int(lb)), 1.0) for bp, lb in zip(batch["body_part"], batch["label"])]
         )
+        trainer.last_deletion_loss = 0.0
         loss, box, n = trainer.step(batch)
         total, box_total, count = total + loss * n, box_total + box * n, count + n
+        deletion_total += trainer.last_deletion_loss * n
         notify(TrainEvent("batch", epoch, k + 1, len(loader)))
     if count == 0:
         raise MuraError("no training image could be decoded")
-    return mean_across(total / count, count, trainer.dist), mean_across(
-        box_total / count, count, trainer.dist
+    return tuple(
+        mean_across(value / count, count, trainer.dist) for value in (total, box_total, deletion_total)
     )
 
 
@@ -433,7 +439,7 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
         epoch, started = trainer.epoch, time.perf_counter()
         phase = trainer.set_phase(epoch)
         lr = trainer.optimizer.param_groups[1 if phase == "head" else 0]["lr"]
-        train_loss, box_loss = train_epoch(trainer, loader, weights, notify, epoch)
+        train_loss, box_loss, deletion_loss = train_epoch(trainer, loader, weights, notify, epoch)
         train_seconds = time.perf_counter() - started
         metrics, _ = validate(trainer, val, val_records, workers)
         score = _monitor(metrics, cfg.monitor)
@@ -454,6 +460,7 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
             "phase": phase,
             "train_loss": train_loss,
             "train_box_loss": box_loss,
+            "train_deletion_loss": deletion_loss,
             "val_loss": metrics["loss"],
             "val_auroc": metrics["auroc"],
             "val_kappa": metrics["kappa"],
