@@ -172,10 +172,11 @@ def _core():
     return _CORE
 
 
-# Both engines run a batch in pieces of PIECE images, side by side, one core each: on the 2-core CPU
-# that ran the backbone 1.15-1.2x faster than every core on each layer of the whole batch, and `score`
-# with decoding beside it 1.1-1.15x faster (no layer waits for a core that the decoding thread holds;
-# benchmarks/ENGINES.md, 2026-12-02 17:00). Pieces of 1, 2 and 4 measured alike, 8 slower.
+# With OpenVINO's THROUGHPUT hint or ONNX Runtime's ``split``, a batch runs in pieces of PIECE images,
+# side by side, one core each: on the 2-core CPU that ran the backbone 1.15-1.2x faster than every
+# core on each layer of the whole batch, and `score` with decoding beside it 1.1-1.15x faster
+# (benchmarks/ENGINES.md, 2026-12-02 17:09 and 17:17); pieces of 1, 2 and 4 measured alike, 8 slower.
+# Not score's default for now (see OPENVINO_HINT).
 PIECE = 2
 
 
@@ -211,11 +212,10 @@ class _Pieces:
             wait(futures)
 
 
-# OpenVINO's performance hint for score and evaluate. THROUGHPUT: one stream per core or so, each
-# with its own infer request, fed pieces of the batch (see PIECE). LATENCY: one request per batch,
-# every core on each layer (kept for the benchmark's comparison)
-# score's default stays LATENCY for now: with THROUGHPUT, a `score` run on this 2-core CPU hung once
-# while the piece threads started (2026-12-02, not yet understood); the benchmark measures both
+# OpenVINO's performance hint for score and evaluate. LATENCY: one request per batch, every core on
+# each layer. THROUGHPUT: one stream per core or so, each with its own infer request, fed pieces of the
+# batch (see PIECE). LATENCY stays score's for now: with THROUGHPUT, a `score` run on the 2-core CPU
+# hung once while the piece threads started (2026-12-02, not yet understood); the benchmark measures both
 OPENVINO_HINT = "LATENCY"
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
 
@@ -261,9 +261,9 @@ class OpenVinoBackbone:
 
 class OnnxRuntimeBackbone:
     """An ONNX Runtime session of forward_features on the CPU (all graph optimisations), fed numpy,
-    giving torch. ``split`` (off in score for now, see OPENVINO_HINT): the batch in pieces (PIECE) on as many threads as torch uses,
-    each piece on one intra-op thread that does not spin; else the whole batch on that many intra-op
-    threads (score's)."""
+    giving torch, on as many threads as torch uses: by default (score's) all of them on each layer of
+    the whole batch; with ``split``, the batch in pieces (PIECE) side by side, each on one intra-op
+    thread that does not spin (off in score for now, see OPENVINO_HINT)."""
 
     def __init__(self, folder: Path, threads: int = 0, split: bool = False):
         import onnxruntime as ort
