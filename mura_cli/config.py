@@ -322,7 +322,12 @@ class TrainConfig:
     )
     scheduler: str = option("cosine", "Learning-rate schedule.", choice=choices.Scheduler)
     patience: int = option(5, "Stop after this many epochs without improvement.", min=1)
-    monitor: str = option("auroc", "Validation study metric for model selection.", choice=choices.Monitor)
+    monitor: str = option(
+        "auroc",
+        "Validation metric that chooses the epoch: study AUROC or kappa, or auroc+deletion (AUROC plus "
+        "the mean deletion drop of the validation positives with boxes; needs --boxes).",
+        choice=choices.Monitor,
+    )
     class_weights: str = option(
         "per-part",
         "Positive-class weights: none, global, or per body part (the MURA paper).",
@@ -432,6 +437,8 @@ class TrainConfig:
             raise ValueError("lesion_erase needs boxes (the lesions to erase)")
         if self.deletion_loss_weight > 0 and not self.boxes:
             raise ValueError("deletion_loss_weight needs boxes (the lesions to erase)")
+        if self.monitor == "auroc+deletion" and not self.boxes:
+            raise ValueError("monitor auroc+deletion needs boxes (for the deletion test in validation)")
         if self.pooling_sharpness != 1.0 and self.pooling != "lse":
             raise ValueError("pooling_sharpness applies to pooling 'lse' only")
 

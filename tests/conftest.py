@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -124,9 +125,11 @@ def copy(source: Path, target: Path) -> Path:
     return Path(shutil.copyfile(source, target))
 
 
-def learnable_mura(root: Path, patients: int = 40, seed: int = 0) -> Path:
-    """MURA-layout studies where positives carry a bright square: a tiny model can learn it."""
+def learnable_mura(root: Path, patients: int = 40, seed: int = 0, boxes: Path | None = None) -> Path:
+    """MURA-layout studies where positives carry a bright square: a tiny model can learn it. With
+    ``boxes``, the squares' boxes are written there as a boxes CSV (paths relative to ``root``)."""
     rng = np.random.default_rng(seed)
+    rows = []
     for patient in range(patients):
         part = ("XR_WRIST", "XR_HAND")[patient % 2]
         for study in range(2):
@@ -142,7 +145,11 @@ def learnable_mura(root: Path, patients: int = 40, seed: int = 0) -> Path:
                 if label:
                     y, x = rng.integers(15, 65), rng.integers(15, 50)
                     image[y - 6 : y + 6, x - 6 : x + 6] += 0.6
+                    rel = (folder / f"image{k + 1}.png").relative_to(root).as_posix()
+                    rows.append((rel, x - 6, y - 6, x + 6, y + 6))
                 save_png8(np.clip(image, 0, 1), folder / f"image{k + 1}.png")
+    if boxes is not None:
+        pd.DataFrame(rows, columns=["path", "x0", "y0", "x1", "y1"]).to_csv(boxes, index=False)
     return root
 
 

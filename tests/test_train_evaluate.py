@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
 from mura_cli.config import EvalConfig, ScoreConfig, TrainConfig
+from mura_cli.errors import MuraError
 from mura_cli.evaluation import metrics
 from mura_cli.evaluation.evaluate import evaluate
 from mura_cli.scoring.score import score_folder
@@ -335,3 +336,65 @@ def test_evaluation_report_stays_inside_the_page(trained, tmp_path, monkeypatch)
     )
     assert "0." in written["html"] and "\u2013" in written["html"]  # values with their CIs were laid out
     assert boxes_past_the_right_margin(written["html"], written["pictures"]) == []
+
+
+def test_validation_runs_the_deletion_test_on_the_boxed_positives(tmp_path):
+    boxes = tmp_path / "boxes.csv"
+    data = learnable_mura(tmp_path / "data", boxes=boxes)
+    result = train(tiny_train_config(data, tmp_path / "m", epochs=3, freeze_epochs=0, boxes=str(boxes)))
+    log = result.log
+    assert log["val_deletion_drop"].notna().all() and log["val_elsewhere_drop"].notna().all()
+    # the model finds the positives by their square: filling it costs more than filling elsewhere
+    last = log.iloc[-1]
+    assert last["val_deletion_drop"] > max(last["val_elsewhere_drop"], 0.0) + 0.05
+    written = pd.read_csv(result.out_dir / "training_log.csv")
+    assert written["val_deletion_drop"].to_numpy() == pytest.approx(
+        log["val_deletion_drop"].to_numpy(), abs=1e-6
+    )
+
+
+def test_auroc_plus_deletion_monitor_weighs_the_deletion_drop(learnable_folder, tmp_path, monkeypatch):
+    from mura_cli.evaluation import faithfulness
+    from mura_cli.training import train as train_module
+
+    aurocs, drops = [0.80, 0.75, 0.85], [0.00, 0.30, 0.05]  # AUROC alone would choose epoch 3
+    real = train_module.study_metrics
+
+    def study_metrics(images):
+        metrics, studies = real(images)
+        return {**metrics, "auroc": aurocs.pop(0) if aurocs else metrics["auroc"]}, studies
+
+    monkeypatch.setattr(train_module, "study_metrics", study_metrics)
+    monkeypatch.setattr(
+        faithfulness, "mean_drops", lambda *a, **k: {"deletion": drops.pop(0), "elsewhere": 0.0, "n": 1}
+    )
+    boxes = tmp_path / "boxes.csv"
+    pd.DataFrame(
+        [("XR_WRIST/patient00000/study1_negative/image1.png", 0, 0, 8, 8)],
+        columns=["path", "x0", "y0", "x1", "y1"],
+    ).to_csv(boxes, index=False)
+    with pytest.raises(MuraError, match="no validation positive has a box"):
+        train(
+            tiny_train_config(learnable_folder, tmp_path / "none", boxes=str(boxes), monitor="auroc+deletion")
+        )
+    pd.DataFrame({"path": ["image1.png"], "x0": [0], "y0": [0], "x1": [8], "y1": [8]}).to_csv(
+        boxes, index=False
+    )
+    result = train(
+        tiny_train_config(
+            learnable_folder,
+            tmp_path / "m",
+            epochs=3,
+            freeze_epochs=0,
+            img_size=32,
+            boxes=str(boxes),
+            monitor="auroc+deletion",
+        )
+    )
+    assert result.best_epoch == 2 and result.best_metric == pytest.approx(1.05)
+    assert result.log["val_deletion_drop"].tolist() == pytest.approx([0.00, 0.30, 0.05])
+
+
+def test_auroc_plus_deletion_monitor_needs_boxes():
+    with pytest.raises(ValueError, match="needs boxes"):
+        TrainConfig(data="-", out_dir="x", monitor="auroc+deletion")

@@ -213,7 +213,13 @@ class _TrainView:
             err.print(
                 f"epoch {r['epoch']:>3} [{r['phase']}]  train loss {r['train_loss']:.4f}  "
                 f"val loss {r['val_loss']:.4f}  val AUROC {fmt(r['val_auroc'])}  "
-                f"kappa {fmt(r['val_kappa'])}  lr {r['lr']:.2e}  {r['seconds']:.0f} s",
+                f"kappa {fmt(r['val_kappa'])}  "
+                + (
+                    f"deletion {fmt(r['val_deletion_drop'])} (elsewhere {fmt(r['val_elsewhere_drop'])})  "
+                    if r.get("val_deletion_drop") is not None
+                    else ""
+                )
+                + f"lr {r['lr']:.2e}  {r['seconds']:.0f} s",
                 markup=False,
                 soft_wrap=True,
             )
@@ -226,20 +232,17 @@ class _TrainView:
 
 def _epoch_table(log) -> None:
     table = Table(title="epochs (validation at study level)", title_justify="left")
-    for column in ("epoch", "phase", "train loss", "val loss", "val AUROC", "val kappa", "lr", "s"):
+    deletion = "val_deletion_drop" in log and log["val_deletion_drop"].notna().any()
+    columns = ["epoch", "phase", "train loss", "val loss", "val AUROC", "val kappa"]
+    columns += ["val deletion", "elsewhere"] if deletion else []
+    for column in (*columns, "lr", "s"):
         table.add_column(column, justify="right")
     for r in log.to_dict("records"):
         fmt = lambda v: "-" if v is None or v != v else f"{v:.4f}"  # noqa: E731
-        table.add_row(
-            str(r["epoch"]),
-            r["phase"],
-            fmt(r["train_loss"]),
-            fmt(r["val_loss"]),
-            fmt(r["val_auroc"]),
-            fmt(r["val_kappa"]),
-            f"{r['lr']:.1e}",
-            f"{r['seconds']:.0f}",
-        )
+        cells = [str(r["epoch"]), r["phase"], *(fmt(r[k]) for k in ("train_loss", "val_loss", "val_auroc"))]
+        cells.append(fmt(r["val_kappa"]))
+        cells += [fmt(r["val_deletion_drop"]), fmt(r["val_elsewhere_drop"])] if deletion else []
+        table.add_row(*cells, f"{r['lr']:.1e}", f"{r['seconds']:.0f}")
     err.print(table)
 
 

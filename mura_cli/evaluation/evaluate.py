@@ -131,11 +131,7 @@ def add_deletion_test(
     same-size regions elsewhere, with the drops from the original probability (faithfulness.py)."""
     from mura_cli.evaluation import faithfulness
 
-    chosen = [
-        i
-        for i, r in enumerate(records)
-        if r.label == 1 and not r.error and box_geometry.boxes_for(r.rel_path, boxes)
-    ]
+    chosen = faithfulness.boxed_positives(records, boxes)
     columns = ["probability_boxes_filled", "probability_elsewhere_filled", "deletion_drop", "elsewhere_drop"]
     out = images.assign(**{c: np.nan for c in columns})
     if not chosen:

@@ -110,6 +110,44 @@ def deletion_scores(
     return pd.DataFrame({"path": [r.rel_path for r in records], **out})
 
 
+def boxed_positives(records, boxes: dict) -> list[int]:
+    """Indices of the records that are positive, decodable and have at least one box."""
+    return [
+        i
+        for i, r in enumerate(records)
+        if r.label == 1 and not r.error and box_geometry.boxes_for(r.rel_path, boxes)
+    ]
+
+
+def mean_drops(
+    predictor, records, probabilities, boxes: dict, batch_size: int, workers: int, seed: int = 0
+) -> dict:
+    """The deletion test's mean probability drops ('deletion', 'elsewhere') over the records' positives
+    with boxes, given their unfilled ``probabilities``; None where no image took part."""
+    chosen = boxed_positives(records, boxes)
+    if not chosen:
+        return {"deletion": None, "elsewhere": None, "n": 0}
+    picked = [records[i] for i in chosen]
+    filled = deletion_scores(
+        predictor,
+        picked,
+        [box_geometry.boxes_for(r.rel_path, boxes) for r in picked],
+        batch_size,
+        workers,
+        seed,
+    )
+    base = np.asarray(probabilities, float)[chosen]
+    out = {"n": len(chosen)}
+    for name, column in (
+        ("deletion", "probability_boxes_filled"),
+        ("elsewhere", "probability_elsewhere_filled"),
+    ):
+        drops = base - filled[column].to_numpy(float)
+        drops = drops[np.isfinite(drops)]
+        out[name] = float(drops.mean()) if len(drops) else None
+    return out
+
+
 def mean_drop_ci(drops: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict:
     """Mean of the drops with a 95% percentile-bootstrap interval over images."""
     drops = np.asarray(drops, float)

@@ -23,7 +23,7 @@ import torch
 from sklearn.metrics import log_loss
 from torch import nn
 
-from mura_cli import __version__
+from mura_cli import __version__, choices
 from mura_cli.config import ModelConfig, TrainConfig
 from mura_cli.errors import MuraError, writes_into
 from mura_cli.evaluation.metrics import operating_points, threshold_metrics
@@ -59,6 +59,8 @@ LOG_COLUMNS = [
     "val_loss",
     "val_auroc",
     "val_kappa",
+    "val_deletion_drop",  # the deletion test's mean drops on the validation positives with boxes
+    "val_elsewhere_drop",  # (with --boxes; empty without)
     "lr",
     "train_seconds",
     "seconds",
@@ -213,6 +215,7 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.forward_module: nn.Module | None = None
         self.val_source = None  # the decoded cache of the validation images, when in use
+        self.val_boxes: dict | None = None  # the lesion boxes, for the deletion test in validation
         self.model = model.to(runtime.device)
         if runtime.device.type != "mps":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -375,11 +378,15 @@ class Trainer:
             self.ema.set(self.model)
 
 
+def _val_predictor(trainer: Trainer) -> Predictor:
+    loaded = LoadedModel(trainer.judged_model, trainer.model_cfg, Path("."), "")
+    return Predictor(loaded, trainer.runtime, heatmaps=False)
+
+
 def validate_images(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> pd.DataFrame:
     """The validation images with their probabilities (temperature 1); under torchrun each rank
     predicts a share and every rank gets all of them."""
-    loaded = LoadedModel(trainer.judged_model, trainer.model_cfg, Path("."), "")
-    predictor = Predictor(loaded, trainer.runtime, heatmaps=False)
+    predictor = _val_predictor(trainer)
     mine = list(range(trainer.dist.rank, len(records), trainer.dist.world))
     cached = Reindexed(trainer.val_source, mine) if trainer.val_source is not None else None
     found = {}
@@ -404,7 +411,28 @@ def study_metrics(images: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
 
 
 def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tuple[dict, pd.DataFrame]:
-    return study_metrics(validate_images(trainer, val, records, workers))
+    """Study metrics of the validation split; with boxes also the deletion test's mean drops on its
+    positives with boxes ('deletion_drop', 'elsewhere_drop') and the 'auroc+deletion' monitor. Every
+    rank runs the (small) deletion test on all of them, so they agree without gathering."""
+    images = validate_images(trainer, val, records, workers)
+    metrics, studies = study_metrics(images)
+    metrics["deletion_drop"] = metrics["elsewhere_drop"] = None
+    if trainer.val_boxes:
+        from mura_cli.evaluation.faithfulness import mean_drops
+
+        drops = mean_drops(
+            _val_predictor(trainer),
+            records,
+            images["probability"].to_numpy(float),
+            trainer.val_boxes,
+            trainer.config.batch_size,
+            workers,
+            trainer.config.seed,
+        )
+        metrics["deletion_drop"], metrics["elsewhere_drop"] = drops["deletion"], drops["elsewhere"]
+    if metrics.get("auroc") is not None and metrics["deletion_drop"] is not None:
+        metrics["auroc+deletion"] = metrics["auroc"] + metrics["deletion_drop"]
+    return metrics, studies
 
 
 def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> tuple[float, float, float]:
@@ -464,6 +492,8 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
             "val_loss": metrics["loss"],
             "val_auroc": metrics["auroc"],
             "val_kappa": metrics["kappa"],
+            "val_deletion_drop": metrics["deletion_drop"],
+            "val_elsewhere_drop": metrics["elsewhere_drop"],
             "lr": lr,
             "train_seconds": round(train_seconds, 2),
             "seconds": round(time.perf_counter() - started, 2),
@@ -518,6 +548,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     weights = class_weights(train_rows, config.class_weights)
     augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
     train_records, val_records = records_from_table(train_rows), records_from_table(val)
+    trainer.val_boxes = validation_boxes(config, val_records)
     train_source, trainer.val_source = decoded_sources(
         config, model_cfg, train_records, val_records, workers, dist_info, notify
     )
@@ -558,6 +589,23 @@ def training_boxes(config: TrainConfig) -> dict | None:
     from mura_cli.inputs.boxes import read_boxes
 
     return read_boxes(config.boxes)
+
+
+def validation_boxes(config: TrainConfig, val_records) -> dict | None:
+    """The lesion boxes for validation's deletion test (None without ``--boxes``); refuses the
+    'auroc+deletion' monitor where no validation positive has a box."""
+    if not config.boxes:
+        return None
+    from mura_cli.evaluation.faithfulness import boxed_positives
+    from mura_cli.inputs.boxes import read_boxes
+
+    boxes = read_boxes(config.boxes)
+    if config.monitor == choices.Monitor.AUROC_DELETION and not boxed_positives(val_records, boxes):
+        raise MuraError(
+            f"--monitor auroc+deletion: no validation positive has a box in {config.boxes} "
+            "(box paths must match the images' relative paths or file names)"
+        )
+    return boxes
 
 
 def decoded_sources(
