@@ -60,8 +60,8 @@ class Scheduler(Choice):
 class Monitor(Choice):  # validation study metric that chooses the best epoch
     AUROC = "auroc"
     KAPPA = "kappa"
-    # AUROC plus the mean deletion drop on the validation positives with boxes (needs --boxes): an
-    # epoch that gains 0.10 of deletion drop for 0.01 of AUROC wins
+    # AUROC plus the mean deletion drop on the validation positives with boxes (needs --boxes), weighed
+    # equally: an epoch wins whenever it gains more deletion drop than it loses AUROC
     AUROC_DELETION = "auroc+deletion"
 
 

@@ -377,6 +377,7 @@ def test_auroc_plus_deletion_monitor_weighs_the_deletion_drop(learnable_folder, 
         train(
             tiny_train_config(learnable_folder, tmp_path / "none", boxes=str(boxes), monitor="auroc+deletion")
         )
+    assert not (tmp_path / "none").exists()  # refused before the model folder was made
     pd.DataFrame({"path": ["image1.png"], "x0": [0], "y0": [0], "x1": [8], "y1": [8]}).to_csv(
         boxes, index=False
     )
@@ -393,6 +394,9 @@ def test_auroc_plus_deletion_monitor_weighs_the_deletion_drop(learnable_folder, 
     )
     assert result.best_epoch == 2 and result.best_metric == pytest.approx(1.05)
     assert result.log["val_deletion_drop"].tolist() == pytest.approx([0.00, 0.30, 0.05])
+    chosen = json.loads((result.out_dir / "config.json").read_text())["provenance"]["best_epoch_validation"]
+    assert chosen["val_deletion_drop"] == pytest.approx(0.30) and chosen["val_auroc"] == pytest.approx(0.75)
+    assert chosen["monitor_score"] == pytest.approx(1.05)
 
 
 def test_auroc_plus_deletion_monitor_needs_boxes():

@@ -412,23 +412,27 @@ def study_metrics(images: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
 
 def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tuple[dict, pd.DataFrame]:
     """Study metrics of the validation split; with boxes also the deletion test's mean drops on its
-    positives with boxes ('deletion_drop', 'elsewhere_drop') and the 'auroc+deletion' monitor. Every
-    rank runs the (small) deletion test on all of them, so they agree without gathering."""
+    positives with boxes ('deletion_drop', 'elsewhere_drop') and the 'auroc+deletion' monitor. Under
+    torchrun rank 0 runs the (small) deletion test and every rank takes its figures, so that all
+    choose the same epoch (GPU kernels need not agree to the last bit)."""
     images = validate_images(trainer, val, records, workers)
     metrics, studies = study_metrics(images)
     metrics["deletion_drop"] = metrics["elsewhere_drop"] = None
     if trainer.val_boxes:
         from mura_cli.evaluation.faithfulness import mean_drops
 
-        drops = mean_drops(
-            _val_predictor(trainer),
-            records,
-            images["probability"].to_numpy(float),
-            trainer.val_boxes,
-            trainer.config.batch_size,
-            workers,
-            trainer.config.seed,
-        )
+        drops = None
+        if trainer.dist.is_main:
+            drops = mean_drops(
+                _val_predictor(trainer),
+                records,
+                images["probability"].to_numpy(float),
+                trainer.val_boxes,
+                trainer.config.batch_size,
+                workers,
+                trainer.config.seed,
+            )
+        drops = gather(drops, trainer.dist)[0]
         metrics["deletion_drop"], metrics["elsewhere_drop"] = drops["deletion"], drops["elsewhere"]
     if metrics.get("auroc") is not None and metrics["deletion_drop"] is not None:
         metrics["auroc+deletion"] = metrics["auroc"] + metrics["deletion_drop"]
@@ -531,12 +535,14 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
         )
     seed_everything(config.seed)
     out_dir = Path(config.out_dir).expanduser()
-    if dist_info.is_main:
-        training_io.prepare_model_dir(out_dir, config.resume, config.data)
-    barrier(dist_info)
     pool = prepare_split(config)
     train_rows = pool[pool["side"] == "train"].reset_index(drop=True)
     val = pool[pool["side"] == "val"].reset_index(drop=True)
+    train_records, val_records = records_from_table(train_rows), records_from_table(val)
+    val_boxes = validation_boxes(config, val_records)  # refused before any folder is made
+    if dist_info.is_main:
+        training_io.prepare_model_dir(out_dir, config.resume, config.data)
+    barrier(dist_info)
     runtime = create_runtime(device_for(dist_info, config.device), config.precision, training=True)
     model_cfg = model_config_for(config)
     trainer = Trainer(config, training_io.initial_model(config, model_cfg), model_cfg, runtime, dist_info)
@@ -547,8 +553,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     workers = config.workers if config.workers is not None else default_workers(runtime.device)
     weights = class_weights(train_rows, config.class_weights)
     augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
-    train_records, val_records = records_from_table(train_rows), records_from_table(val)
-    trainer.val_boxes = validation_boxes(config, val_records)
+    trainer.val_boxes = val_boxes
     train_source, trainer.val_source = decoded_sources(
         config, model_cfg, train_records, val_records, workers, dist_info, notify
     )
@@ -684,6 +689,18 @@ def _precision_checks(trainer: Trainer, model_cfg: ModelConfig, val_records) -> 
     return {device.type: {k: {**v, "on": note} for k, v in results.items()}} if results else {}
 
 
+def _chosen_epoch_row(trainer: Trainer) -> dict:
+    """The chosen epoch's validation figures as training measured them (temperature 1, before
+    calibration): AUROC, kappa and, with boxes, the deletion test's mean drops; the monitor's score."""
+    rows = [row for row in trainer.history if row["epoch"] == trainer.best_epoch + 1]
+    if not rows:
+        return {}
+    keys = ("val_auroc", "val_kappa", "val_deletion_drop", "val_elsewhere_drop")
+    out = {key: rows[-1].get(key) for key in keys}
+    out["monitor_score"] = float(trainer.best_metric) if np.isfinite(trainer.best_metric) else None
+    return out
+
+
 def _provenance(trainer: Trainer, pool: pd.DataFrame, val_metrics: dict) -> dict:
     cfg = trainer.config
     return {
@@ -693,6 +710,7 @@ def _provenance(trainer: Trainer, pool: pd.DataFrame, val_metrics: dict) -> dict
         "images": {"train": int((pool["side"] == "train").sum()), "val": int((pool["side"] == "val").sum())},
         "best_epoch": trainer.best_epoch + 1,
         "monitor": cfg.monitor,
+        "best_epoch_validation": _chosen_epoch_row(trainer),
         "processes": trainer.dist.world,
         "validation_study_metrics": {k: v for k, v in val_metrics.items() if k != "confusion"},
         "threshold_rule": "Youden's J on validation studies",
