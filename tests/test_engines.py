@@ -4,6 +4,7 @@ whole and rebuilt when broken, and any failure falls back to torch with one line
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -309,6 +310,61 @@ def test_pieces_come_back_in_order_and_a_failure_waits_for_the_running_ones():
     pieces = engines._Pieces(2, lambda piece: sizes.append(len(piece)) or piece)
     pieces(np.arange(2, dtype=np.float32))  # a batch of 2 on 2 workers: one image each
     assert sorted(sizes) == [1, 1]
+
+
+def test_piece_threads_all_start_before_the_first_batch_and_no_more_after():
+    """The pool's threads are started when the backbone is made, never while a run is under way
+    (a thread started during a run was where a `score` run once hung)."""
+    import threading
+
+    def engine_threads():
+        return {t.ident for t in threading.enumerate() if t.name.startswith("mura-cli-engine")}
+
+    before = engine_threads()
+    pieces = engines._Pieces(3, lambda piece: piece + 1)
+    started = engine_threads() - before
+    assert len(started) == 3
+    for size in (1, 2, 7, 32):
+        batch = np.arange(size, dtype=np.float32)
+        np.testing.assert_array_equal(pieces(batch), batch + 1)
+    assert engine_threads() - before == started
+
+
+class _FakeRequest:
+    """An OpenVINO infer request stand-in: doubles its input; ``fail`` makes start_async raise."""
+
+    def __init__(self, log, fail=False):
+        self.log, self.fail, self.output = log, fail, None
+
+    def start_async(self, piece):
+        if self.fail:
+            raise RuntimeError("request could not start")
+        self.log.append(("start", id(self)))
+        self.output = piece * 2
+
+    def wait(self):
+        self.log.append(("wait", id(self)))
+
+    def get_output_tensor(self, index):
+        return types.SimpleNamespace(data=self.output)
+
+
+def test_openvino_pieces_run_on_its_requests_in_order_and_a_failure_awaits_the_started_ones():
+    """The throughput setting feeds the batch's pieces to OpenVINO's requests asynchronously (no
+    Python threads), gives the images back in order, and when a request fails to start, waits for
+    those already started before raising."""
+    log = []
+    backbone = object.__new__(engines.OpenVinoBackbone)
+    backbone.hint = "THROUGHPUT"
+    backbone.requests = [_FakeRequest(log), _FakeRequest(log)]
+    batch = torch.arange(2 * engines.PIECE * 3 + 1, dtype=torch.float32)
+    np.testing.assert_array_equal(backbone(batch).numpy(), batch.numpy() * 2)
+    assert sum(event == "start" for event, _ in log) == 7  # 13 images: six pieces of 2, one of 1
+    log.clear()
+    backbone.requests = [_FakeRequest(log), _FakeRequest(log, fail=True)]
+    with pytest.raises(RuntimeError, match="could not start"):
+        backbone(batch)
+    assert log == [("start", id(backbone.requests[0])), ("wait", id(backbone.requests[0]))]
 
 
 def test_replacing_a_broken_entry_never_deletes_a_whole_one(tmp_path):

@@ -180,25 +180,35 @@ def _core():
 PIECE = 2
 
 
+def cut(array: np.ndarray, workers: int) -> list[np.ndarray]:
+    """The batch in pieces of PIECE images at most; a small batch in smaller pieces, so that every
+    worker gets one (a batch of 2 on 2 cores: one image each)."""
+    size = max(1, min(PIECE, -(-len(array) // max(1, workers))))
+    return [array[i : i + size] for i in range(0, len(array), size)]
+
+
 class _Pieces:
-    """Runs ``run(piece)`` over a batch cut into pieces of PIECE images on ``workers`` threads (the
-    engines release the GIL) and puts the results back in order. A failure is raised once every
+    """Runs ``run(piece)`` over a batch cut into pieces on ``workers`` threads (the engine releases
+    the GIL) and puts the results back in order. Every thread is started here, before any batch, so
+    that none is started while a run decodes, forks workers or infers. A failure is raised once every
     piece already started has ended, so that no inference is left running into the next call."""
 
     def __init__(self, workers: int, run):
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
         self.workers, self.run = max(1, workers), run
-        self.pool = (
-            ThreadPoolExecutor(self.workers, thread_name_prefix="mura-cli-engine")
-            if self.workers > 1
-            else None
-        )
+        self.pool = None
+        if self.workers > 1:
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mura-cli-engine")
+            # one task per thread that waits for all the others: the pool starts all its threads now
+            # (it starts one per task while none is idle) and never starts another afterwards
+            barrier = threading.Barrier(self.workers)
+            for future in [self.pool.submit(barrier.wait, 60) for _ in range(self.workers)]:
+                future.result()
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
-        # a small batch in smaller pieces, so that every worker gets one (a batch of 2 on 2 cores)
-        size = max(1, min(PIECE, -(-len(array) // self.workers)))
-        pieces = [array[i : i + size] for i in range(0, len(array), size)]
+        pieces = cut(array, self.workers)
         if self.pool is None or len(pieces) == 1:
             return np.concatenate([self.run(piece) for piece in pieces])
         from concurrent.futures import wait
@@ -220,13 +230,23 @@ OPENVINO_HINT = "LATENCY"
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
 
 
+def _wait_all(requests) -> None:
+    """Waits for every request, then raises the first one's failure, if any."""
+    failures = []
+    for request in requests:
+        try:
+            request.wait()
+        except Exception as failure:  # noqa: BLE001 - re-raised below, once all have ended
+            failures.append(failure)
+    if failures:
+        raise failures[0]
+
+
 class OpenVinoBackbone:
     """A compiled OpenVINO model of forward_features (fp32), fed numpy, giving torch; ``hint`` is
     OpenVINO's performance hint (OPENVINO_HINT). Each image's result is the same either way."""
 
     def __init__(self, folder: Path, hint: str = OPENVINO_HINT):
-        import queue
-
         core = _core()
         self.folder, self.hint = folder, hint
         # f32 explicitly: on CPUs with AMX or AVX512-BF16, OpenVINO's default is bf16 (issue 16)
@@ -239,24 +259,30 @@ class OpenVinoBackbone:
             1 if hint == "LATENCY" else int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         )
         self.requests = [self.compiled.create_infer_request() for _ in range(max(1, streams))]
-        self.idle: queue.Queue = queue.Queue()
-        for request in self.requests:
-            self.idle.put(request)
-        self.pieces = _Pieces(len(self.requests), self._infer)
 
-    def _infer(self, piece: np.ndarray) -> np.ndarray:
-        request = self.idle.get()  # a request of its own for each thread; as many threads as requests
-        try:
-            request.infer(piece)
-            return request.get_output_tensor(0).data.copy()  # the request reuses its output
-        finally:
-            self.idle.put(request)
+    def _infer(self, array: np.ndarray) -> np.ndarray:
+        """The pieces of the batch, one per request at a time, started asynchronously: OpenVINO runs
+        each on a stream of its own; no Python thread is involved (start_async and wait release the
+        GIL). Every request started is awaited, even after a failure."""
+        outputs = []
+        pieces = cut(array, len(self.requests))
+        for first in range(0, len(pieces), len(self.requests)):
+            started = []
+            try:
+                for request, piece in zip(self.requests, pieces[first : first + len(self.requests)]):
+                    request.start_async(piece)
+                    started.append(request)
+            finally:
+                _wait_all(started)
+            # the requests reuse their outputs: copy before the next round
+            outputs += [request.get_output_tensor(0).data.copy() for request in started]
+        return np.concatenate(outputs)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
         if self.hint == "LATENCY":
             return torch.from_numpy(self.compiled(array)[0])
-        return torch.from_numpy(self.pieces(array))
+        return torch.from_numpy(self._infer(array))
 
 
 class OnnxRuntimeBackbone:
