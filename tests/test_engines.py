@@ -120,6 +120,7 @@ def test_a_failed_export_falls_back_to_torch_with_a_reason_and_still_scores(
         "torch (the OpenVINO export failed: RuntimeError"
     )
     assert "\n" not in engine["reason"] and result.images["probability"].notna().all()
+    assert engine["setting"] == f"eager, pieces of {engines.TORCH_CPU_PIECE} images"  # how it ran
 
 
 @pytest.mark.skipif(
@@ -274,6 +275,8 @@ def test_a_batch_in_pieces_gives_each_image_the_same_features(engine, resnet_mod
         backbones = [engines.OnnxRuntimeBackbone(folder, threads=2, split=split) for split in (True, False)]
     x = torch.randn(2 * engines.PIECE + 1, *model.config.input_size)
     expected = predictor.model.forward_features(x).detach()
+    assert f"pieces of {engines.PIECE}" in backbones[0 if engine == "onnxruntime" else 1].setting
+    assert "whole batch" in backbones[1 if engine == "onnxruntime" else 0].setting
     for backbone in backbones:
         np.testing.assert_allclose(backbone(x).numpy(), expected.numpy(), atol=1e-4)
         np.testing.assert_allclose(backbone(x[:1]).numpy(), expected[:1].numpy(), atol=1e-4)

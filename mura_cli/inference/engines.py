@@ -49,6 +49,7 @@ class EngineInfo:
     reason: str
     export_sha256: str = ""  # of the exported model files, '' for torch
     probe_max_difference: float | None = None  # probabilities, engine vs torch, when the export was made
+    setting: str = ""  # how the engine runs a batch (its backbone's ``setting``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,6 +152,7 @@ class TorchBackbone:
     def __init__(self, model: torch.nn.Module, runtime):
         self.model, self.runtime = model, runtime
         self.piece = TORCH_CPU_PIECE if runtime.device.type == "cpu" else 0
+        self.setting = f"eager, pieces of {self.piece} images" if self.piece else "eager, the whole batch"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self.runtime.autocast():
@@ -259,6 +261,11 @@ class OpenVinoBackbone:
             1 if hint == "LATENCY" else int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         )
         self.requests = [self.compiled.create_infer_request() for _ in range(max(1, streams))]
+        self.setting = (
+            "latency hint: the whole batch, every core on each layer"
+            if hint == "LATENCY"
+            else f"throughput hint: pieces of {PIECE} images on {len(self.requests)} infer requests"
+        )
 
     def _infer(self, array: np.ndarray) -> np.ndarray:
         """The pieces of the batch, one per request at a time, started asynchronously: OpenVINO runs
@@ -310,6 +317,11 @@ class OnnxRuntimeBackbone:
         )
         self.input = self.session.get_inputs()[0].name
         self.pieces = _Pieces(threads if split else 1, self._run)
+        self.setting = (
+            f"split: pieces of {PIECE} images on {threads} one-thread runs side by side"
+            if split
+            else f"the whole batch on {threads} intra-op threads"
+        )
 
     def _run(self, piece: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: piece})[0]

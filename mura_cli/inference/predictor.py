@@ -117,7 +117,8 @@ class Predictor:
             self.heatmap_method = "cam" if self.classifier is not None else "gradcam" if channels else "none"
         self.keep_maps = self.keep_maps and self.heatmap_method != "none"  # no map: none kept (or scored)
         self.backbone = engines.TorchBackbone(self.model, runtime)
-        self.engine = self._choose_engine(loaded, engine, engine_cache)
+        chosen = self._choose_engine(loaded, engine, engine_cache)
+        self.engine = dataclasses.replace(chosen, setting=self.backbone.setting)
 
     def _choose_engine(self, loaded: LoadedModel, requested: str, cache: Path | None) -> engines.EngineInfo:
         """The engine that runs the backbone; under auto an engine whose export fails gives way to the
