@@ -338,10 +338,24 @@ def test_evaluation_report_stays_inside_the_page(trained, tmp_path, monkeypatch)
     assert boxes_past_the_right_margin(written["html"], written["pictures"]) == []
 
 
-def test_validation_runs_the_deletion_test_on_the_boxed_positives(tmp_path):
+def test_validation_runs_the_deletion_test_on_the_boxed_positives(tmp_path, monkeypatch):
+    from mura_cli.evaluation import faithfulness
+
+    real, compared = faithfulness.mean_drops, []
+
+    def from_cache_and_from_disk(*args):  # the test on the decoded cache, and again decoding the files
+        source = args[7]
+        compared.append((source is not None, real(*args), real(*args[:7])))
+        return compared[-1][1]
+
+    monkeypatch.setattr(faithfulness, "mean_drops", from_cache_and_from_disk)
     boxes = tmp_path / "boxes.csv"
     data = learnable_mura(tmp_path / "data", boxes=boxes)
     result = train(tiny_train_config(data, tmp_path / "m", epochs=3, freeze_epochs=0, boxes=str(boxes)))
+    assert len(compared) == 3 and all(cached for cached, _, _ in compared)
+    for _, cached, decoded in compared:  # the cache's pixels are the files': the same drops
+        assert cached["deletion"] == pytest.approx(decoded["deletion"], abs=1e-6)
+        assert cached["elsewhere"] == pytest.approx(decoded["elsewhere"], abs=1e-6)
     log = result.log
     assert log["val_deletion_drop"].notna().all() and log["val_elsewhere_drop"].notna().all()
     # the model finds the positives by their square: filling it costs more than filling elsewhere

@@ -92,14 +92,21 @@ class FilledDataset(Dataset):
 
 
 def deletion_scores(
-    predictor, records, image_boxes: list[list], batch_size: int, workers: int, seed: int = 0
+    predictor,
+    records,
+    image_boxes: list[list],
+    batch_size: int,
+    workers: int,
+    seed: int = 0,
+    source: Dataset | None = None,
 ) -> pd.DataFrame:
     """Probabilities with the boxes filled and with same-size regions elsewhere filled, one row per record
-    (each image decoded once for both)."""
+    (each image decoded once for both, or taken from ``source``: the records' decoded items, in order,
+    e.g. training's decoded cache)."""
     from mura_cli.inference.batches import ImageDataset, InMemory
     from mura_cli.inference.predictor import predict_records
 
-    decoded = InMemory(ImageDataset(records, predictor.config))
+    decoded = InMemory(source if source is not None else ImageDataset(records, predictor.config))
     out = {}
     for mode in ("boxes", "elsewhere"):
         dataset = FilledDataset(decoded, image_boxes, mode, seed)
@@ -120,10 +127,20 @@ def boxed_positives(records, boxes: dict) -> list[int]:
 
 
 def mean_drops(
-    predictor, records, probabilities, boxes: dict, batch_size: int, workers: int, seed: int = 0
+    predictor,
+    records,
+    probabilities,
+    boxes: dict,
+    batch_size: int,
+    workers: int,
+    seed: int = 0,
+    source: Dataset | None = None,
 ) -> dict:
     """The deletion test's mean probability drops ('deletion', 'elsewhere') over the records' positives
-    with boxes, given their unfilled ``probabilities``; None where no image took part."""
+    with boxes, given their unfilled ``probabilities``; None where no image took part. ``source``: the
+    records' decoded items (training's cache), so that nothing is decoded again."""
+    from mura_cli.inference.batches import Reindexed
+
     chosen = boxed_positives(records, boxes)
     if not chosen:
         return {"deletion": None, "elsewhere": None, "n": 0}
@@ -135,6 +152,7 @@ def mean_drops(
         batch_size,
         workers,
         seed,
+        Reindexed(source, chosen) if source is not None else None,
     )
     base = np.asarray(probabilities, float)[chosen]
     out = {"n": len(chosen)}

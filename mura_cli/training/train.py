@@ -431,6 +431,7 @@ def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tupl
                 trainer.config.batch_size,
                 workers,
                 trainer.config.seed,
+                trainer.val_source,  # the decoded cache, when there is one
             )
         drops = gather(drops, trainer.dist)[0]
         metrics["deletion_drop"], metrics["elsewhere_drop"] = drops["deletion"], drops["elsewhere"]
