@@ -107,6 +107,33 @@ def test_merge_refuses_missing_or_mismatched_shards(tmp_path, tiny_model, resnet
     )
 
 
+def test_merge_takes_a_shard_from_an_older_release_that_wrote_fewer_fields(tmp_path, tiny_model, rg3_files):
+    """A field added since (written with its default by the newer shard) is no difference; a field
+    whose value differs still is."""
+    import json
+
+    data = archive(tmp_path / "data", rg3_files)
+    for i in range(2):
+        runner.invoke(
+            app,
+            ["score", str(data), "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/2"]
+            + ["--model", str(tiny_model), "--workers", "0", "-q"],
+        )
+    run_json = tmp_path / "s0" / "run.json"
+    record = json.loads(run_json.read_text())
+    del record["model"]["config"]["pooling_sharpness"], record["config"]["engine"]  # not yet written
+    run_json.write_text(json.dumps(record))
+    merged = _merge(tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m")
+    assert merged.exit_code in (0, 3), merged.output
+    assert len(pd.read_csv(tmp_path / "m" / "images.csv")) == sum(
+        len(pd.read_csv(tmp_path / f"s{i}" / "images.csv")) for i in range(2)
+    )
+    record["model"]["config"]["pooling_sharpness"] = 3.0  # a real difference
+    run_json.write_text(json.dumps(record))
+    refused = _merge(tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m2")
+    assert refused.exit_code == 1 and "model (pooling_sharpness)" in refused.output
+
+
 def _merge(*args):
     return runner.invoke(app, ["merge", *map(str, args)])
 

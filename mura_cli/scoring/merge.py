@@ -8,13 +8,14 @@ results (unless ``overwrite``). Each refusal is one line naming the folder."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+import json
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 
 import pandas as pd
 
-from mura_cli.config import MergeConfig
-from mura_cli.errors import InputError, writes_into
+from mura_cli.config import MergeConfig, ModelConfig, ScoreConfig
+from mura_cli.errors import InputError, ModelError, writes_into
 from mura_cli.results.folder import RESULT_FILES, check_out_dir, read_images_csv
 from mura_cli.results.record import Counts, RunRecord, read_run_record, write_run_record
 from mura_cli.results.shard import walk_order_key
@@ -57,11 +58,26 @@ def _load_shard(folder: Path) -> tuple[RunRecord, pd.DataFrame, pd.DataFrame]:
     return run, images, studies
 
 
+def _model_config(config: dict) -> dict:
+    """The model config with its defaults filled in, so that a shard scored by a release that did not
+    yet write a (defaulted) field compares equal to one that did; as written where it does not load."""
+    try:
+        return json.loads(json.dumps(ModelConfig.from_dict(config).to_dict(), default=str))
+    except ModelError:
+        return config
+
+
+def _score_config(config: dict) -> dict:
+    """The run's score settings with the defaults of those it does not name (an older release's)."""
+    defaults = {f.name: f.default for f in fields(ScoreConfig) if f.default is not MISSING}
+    return json.loads(json.dumps({**defaults, **config}, default=str))  # tuples as lists, as written
+
+
 def _settings(run: RunRecord) -> dict:
     return {
-        "config": {k: v for k, v in run.config.items() if k not in _FREE_SETTINGS},
+        "config": {k: v for k, v in _score_config(run.config).items() if k not in _FREE_SETTINGS},
         "input": run.input_fingerprint or run.input_root,
-        "model": run.model.config,
+        "model": _model_config(run.model.config),
         "weights_sha256": run.model.weights_sha256,
         "precision": run.runtime.precision,
         "heatmap_method": run.runtime.heatmap_method,
