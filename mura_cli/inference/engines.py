@@ -178,7 +178,7 @@ def _core():
 # side by side, one core each: on the 2-core CPU that ran the backbone 1.15-1.2x faster than every
 # core on each layer of the whole batch, and `score` with decoding beside it 1.1-1.15x faster
 # (benchmarks/ENGINES.md, 2026-12-02 17:09 and 17:17); pieces of 1, 2 and 4 measured alike, 8 slower.
-# Not score's default for now (see OPENVINO_HINT).
+# score's default (see OPENVINO_HINT).
 PIECE = 2
 
 
@@ -225,10 +225,14 @@ class _Pieces:
 
 
 # OpenVINO's performance hint for score and evaluate. LATENCY: one request per batch, every core on
-# each layer. THROUGHPUT: one stream per core or so, each with its own infer request, fed pieces of the
-# batch (see PIECE). LATENCY stays score's for now: with THROUGHPUT, a `score` run on the 2-core CPU
-# hung once while the piece threads started (2026-12-02, not yet understood); the benchmark measures both
-OPENVINO_HINT = "LATENCY"
+# each layer. THROUGHPUT (score's): one stream per core or so, each with its own infer request, fed
+# pieces of the batch (see PIECE) asynchronously, with no Python thread. A `score` run once hung
+# (2026-12-02) when this setting started a pool thread mid-run; since no thread is started during a
+# run, 15 score runs with each engine in this setting ran through (2026-12-03, beside a training run)
+OPENVINO_HINT = "THROUGHPUT"
+# ONNX Runtime likewise: split (score's) runs pieces on one-thread runs side by side, from threads
+# started with the backbone; off: all intra-op threads on each layer of the whole batch
+ONNXRUNTIME_SPLIT = True
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
 
 
@@ -294,11 +298,11 @@ class OpenVinoBackbone:
 
 class OnnxRuntimeBackbone:
     """An ONNX Runtime session of forward_features on the CPU (all graph optimisations), fed numpy,
-    giving torch, on as many threads as torch uses: by default (score's) all of them on each layer of
-    the whole batch; with ``split``, the batch in pieces (PIECE) side by side, each on one intra-op
-    thread that does not spin (off in score for now, see OPENVINO_HINT)."""
+    giving torch, on as many threads as torch uses: with ``split`` (score's, ONNXRUNTIME_SPLIT) the
+    batch in pieces (PIECE) side by side, each on one intra-op thread that does not spin; without it
+    all of them on each layer of the whole batch."""
 
-    def __init__(self, folder: Path, threads: int = 0, split: bool = False):
+    def __init__(self, folder: Path, threads: int = 0, split: bool = ONNXRUNTIME_SPLIT):
         import onnxruntime as ort
 
         self.folder, self.split = folder, split
