@@ -334,28 +334,39 @@ def test_piece_threads_all_start_before_the_first_batch_and_no_more_after():
 
 
 class _FakeRequest:
-    """An OpenVINO infer request stand-in: doubles its input; ``fail`` makes start_async raise."""
+    """An OpenVINO infer request stand-in: doubles its input into one output buffer that it reuses,
+    filled only by ``wait`` (as a real request's result is there only once it has ended); ``fail``
+    makes start_async raise, ``fail_wait`` makes wait raise."""
 
-    def __init__(self, log, fail=False):
-        self.log, self.fail, self.output = log, fail, None
+    def __init__(self, log, fail=False, fail_wait=False):
+        self.log, self.fail, self.fail_wait = log, fail, fail_wait
+        self.buffer, self.pending = np.full(engines.PIECE, np.nan, dtype=np.float32), None
 
     def start_async(self, piece):
         if self.fail:
             raise RuntimeError("request could not start")
+        assert self.pending is None, "started while still running"
         self.log.append(("start", id(self)))
-        self.output = piece * 2
+        self.pending = piece
 
     def wait(self):
         self.log.append(("wait", id(self)))
+        if self.pending is not None:
+            self.buffer[: len(self.pending)] = self.pending * 2
+            self.buffer[len(self.pending) :] = np.nan
+            self.pending = None
+        if self.fail_wait:
+            raise RuntimeError("inference failed")
 
     def get_output_tensor(self, index):
-        return types.SimpleNamespace(data=self.output)
+        return types.SimpleNamespace(data=self.buffer[: len(self.buffer) - np.isnan(self.buffer).sum()])
 
 
 def test_openvino_pieces_run_on_its_requests_in_order_and_a_failure_awaits_the_started_ones():
     """The throughput setting feeds the batch's pieces to OpenVINO's requests asynchronously (no
-    Python threads), gives the images back in order, and when a request fails to start, waits for
-    those already started before raising."""
+    Python threads), copies each result before its request is reused, gives the images back in
+    order, and when a request fails (to start, or while running) waits for every other one started
+    before raising."""
     log = []
     backbone = object.__new__(engines.OpenVinoBackbone)
     backbone.hint = "THROUGHPUT"
@@ -363,11 +374,18 @@ def test_openvino_pieces_run_on_its_requests_in_order_and_a_failure_awaits_the_s
     batch = torch.arange(2 * engines.PIECE * 3 + 1, dtype=torch.float32)
     np.testing.assert_array_equal(backbone(batch).numpy(), batch.numpy() * 2)
     assert sum(event == "start" for event, _ in log) == 7  # 13 images: six pieces of 2, one of 1
+    first, second = (id(r) for r in backbone.requests)
+    assert log[:3] == [("start", first), ("start", second), ("wait", first)]  # the second keeps running
     log.clear()
     backbone.requests = [_FakeRequest(log), _FakeRequest(log, fail=True)]
     with pytest.raises(RuntimeError, match="could not start"):
         backbone(batch)
     assert log == [("start", id(backbone.requests[0])), ("wait", id(backbone.requests[0]))]
+    log.clear()
+    backbone.requests = [_FakeRequest(log, fail_wait=True), _FakeRequest(log)]
+    with pytest.raises(RuntimeError, match="inference failed"):
+        backbone(batch)
+    assert all(r.pending is None for r in backbone.requests)  # the second was awaited too
 
 
 def test_replacing_a_broken_entry_never_deletes_a_whole_one(tmp_path):

@@ -132,6 +132,11 @@ def test_merge_takes_a_shard_from_an_older_release_that_wrote_fewer_fields(tmp_p
     run_json.write_text(json.dumps(record))
     refused = _merge(tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m2")
     assert refused.exit_code == 1 and "model (pooling_sharpness)" in refused.output
+    del record["model"]["config"]["pooling_sharpness"]
+    record["config"]["include_phi"] = True  # a score setting that differs
+    run_json.write_text(json.dumps(record))
+    refused = _merge(tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m3")
+    assert refused.exit_code == 1 and "config (include_phi)" in refused.output
 
 
 def _merge(*args):

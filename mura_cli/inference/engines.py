@@ -209,6 +209,12 @@ class _Pieces:
             for future in [self.pool.submit(barrier.wait, 60) for _ in range(self.workers)]:
                 future.result()
 
+    def close(self) -> None:
+        """Ends the threads (the pool and its bound ``run`` otherwise live until the cyclic GC)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
     def __call__(self, array: np.ndarray) -> np.ndarray:
         pieces = cut(array, self.workers)
         if self.pool is None or len(pieces) == 1:
@@ -227,8 +233,8 @@ class _Pieces:
 # OpenVINO's performance hint for score and evaluate. LATENCY: one request per batch, every core on
 # each layer. THROUGHPUT (score's): one stream per core or so, each with its own infer request, fed
 # pieces of the batch (see PIECE) asynchronously, with no Python thread. A `score` run once hung
-# (2026-12-02) when this setting started a pool thread mid-run; since no thread is started during a
-# run, 15 score runs with each engine in this setting ran through (2026-12-03, beside a training run)
+# (2026-12-02) in Thread.start of a piece thread started mid-batch (the cause was not identified); the
+# engines now start no thread per batch, and 40 score runs in this setting ran through (2026-12-03)
 OPENVINO_HINT = "THROUGHPUT"
 # ONNX Runtime likewise: split (score's) runs pieces on one-thread runs side by side, from threads
 # started with the backbone; off: all intra-op threads on each layer of the whole batch
@@ -242,7 +248,7 @@ def _wait_all(requests) -> None:
     for request in requests:
         try:
             request.wait()
-        except Exception as failure:  # noqa: BLE001 - re-raised below, once all have ended
+        except BaseException as failure:  # noqa: BLE001 - Ctrl-C too: re-raised once all have ended
             failures.append(failure)
     if failures:
         raise failures[0]
@@ -272,22 +278,34 @@ class OpenVinoBackbone:
         )
 
     def _infer(self, array: np.ndarray) -> np.ndarray:
-        """The pieces of the batch, one per request at a time, started asynchronously: OpenVINO runs
-        each on a stream of its own; no Python thread is involved (start_async and wait release the
-        GIL). Every request started is awaited, even after a failure."""
-        outputs = []
-        pieces = cut(array, len(self.requests))
-        for first in range(0, len(pieces), len(self.requests)):
-            started = []
-            try:
-                for request, piece in zip(self.requests, pieces[first : first + len(self.requests)]):
-                    request.start_async(piece)
-                    started.append(request)
-            finally:
-                _wait_all(started)
-            # the requests reuse their outputs: copy before the next round
-            outputs += [request.get_output_tensor(0).data.copy() for request in started]
+        """The pieces of the batch started asynchronously on the requests in turn (piece k on request
+        k mod n), each request waited for only when it is needed again, so that the other streams
+        keep running meanwhile; no Python thread is involved (start_async and wait release the GIL).
+        Every request started is awaited, even after a failure."""
+        pieces, n = cut(array, len(self.requests)), len(self.requests)
+        outputs: list[np.ndarray | None] = [None] * len(pieces)
+        running: dict[int, int] = {}  # request index -> the piece it runs
+        try:
+            for k, piece in enumerate(pieces):
+                if k % n in running:  # this request's previous piece: wait, keep its output (reused)
+                    outputs[running.pop(k % n)] = self._collect(self.requests[k % n])
+                self.requests[k % n].start_async(piece)
+                running[k % n] = k
+            for index, k in sorted(running.items(), key=lambda item: item[1]):
+                del running[index]
+                outputs[k] = self._collect(self.requests[index])
+        finally:
+            _wait_all([self.requests[index] for index in running])
         return np.concatenate(outputs)
+
+    def close(self) -> None:
+        """Lets go of the requests and the compiled model (and so of the export's files)."""
+        self.requests, self.compiled = [], None
+
+    @staticmethod
+    def _collect(request) -> np.ndarray:
+        request.wait()
+        return request.get_output_tensor(0).data.copy()  # the request reuses its output tensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
@@ -326,6 +344,11 @@ class OnnxRuntimeBackbone:
             if split
             else f"the whole batch on {threads} intra-op threads"
         )
+
+    def close(self) -> None:
+        """Ends the piece threads and lets go of the session (and so of the export's file)."""
+        self.pieces.close()
+        self.session = None
 
     def _run(self, piece: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: piece})[0]
@@ -463,7 +486,8 @@ def export(engine: str, model: torch.nn.Module, input_size, target: Path, meta: 
         try:
             difference, same_peaks = verify(backbone)
         finally:
-            del backbone  # the runtime lets go of the files (Windows keeps open files from deletion)
+            backbone.close()  # the runtime lets go of the files (Windows keeps open files from deletion)
+            del backbone
         meta = {
             **meta,
             "engine": engine,

@@ -118,7 +118,8 @@ class Predictor:
         self.keep_maps = self.keep_maps and self.heatmap_method != "none"  # no map: none kept (or scored)
         self.backbone = engines.TorchBackbone(self.model, runtime)
         chosen = self._choose_engine(loaded, engine, engine_cache)
-        self.engine = dataclasses.replace(chosen, setting=self.backbone.setting)
+        setting = "eager, the whole batch (Grad-CAM)" if self.heatmap_method == "gradcam" else None
+        self.engine = dataclasses.replace(chosen, setting=setting or self.backbone.setting)
 
     def _choose_engine(self, loaded: LoadedModel, requested: str, cache: Path | None) -> engines.EngineInfo:
         """The engine that runs the backbone; under auto an engine whose export fails gives way to the
