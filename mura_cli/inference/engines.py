@@ -234,7 +234,7 @@ class _Pieces:
 # each layer. THROUGHPUT (score's): one stream per core or so, each with its own infer request, fed
 # pieces of the batch (see PIECE) asynchronously, with no Python thread. A `score` run once hung
 # (2026-12-02) in Thread.start of a piece thread started mid-batch (the cause was not identified); the
-# engines now start no thread per batch, and 40 score runs in this setting ran through (2026-12-03)
+# engines now start no thread per batch, and 50 score runs in this setting ran through (2026-12-03)
 OPENVINO_HINT = "THROUGHPUT"
 # ONNX Runtime likewise: split (score's) runs pieces on one-thread runs side by side, from threads
 # started with the backbone; off: all intra-op threads on each layer of the whole batch
