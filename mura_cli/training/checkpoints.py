@@ -23,6 +23,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 def prepare_model_dir(out_dir: Path, resume: bool, data: str | None = None) -> None:
     """A fresh model folder, or (``resume``) one with a checkpoint to continue from."""
+    check_model_dir(out_dir, resume, data)
+    if not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def check_model_dir(out_dir: Path, resume: bool, data: str | None = None) -> None:
+    """Refuses a model folder that cannot be used (inside the data, earlier results, nothing to resume
+    from) without making it."""
     check_out_dir(
         out_dir,
         (CHECKPOINT_FILE, CONFIG_FILE),
@@ -30,11 +38,8 @@ def prepare_model_dir(out_dir: Path, resume: bool, data: str | None = None) -> N
         resume=resume,
         can_overwrite=False,
     )
-    if resume:
-        if not (out_dir / CHECKPOINT_FILE).is_file():
-            raise MuraError(f"{out_dir}: no {CHECKPOINT_FILE} to resume from")
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and not (out_dir / CHECKPOINT_FILE).is_file():
+        raise MuraError(f"{out_dir}: no {CHECKPOINT_FILE} to resume from")
 
 
 def save_checkpoint(state: dict, out_dir: Path) -> Path:

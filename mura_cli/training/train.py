@@ -536,6 +536,8 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
         )
     seed_everything(config.seed)
     out_dir = Path(config.out_dir).expanduser()
+    if dist_info.is_main:
+        training_io.check_model_dir(out_dir, config.resume, config.data)
     pool = prepare_split(config)
     train_rows = pool[pool["side"] == "train"].reset_index(drop=True)
     val = pool[pool["side"] == "val"].reset_index(drop=True)
