@@ -327,9 +327,11 @@ def test_piece_threads_all_start_before_the_first_batch_and_no_more_after():
     pieces = engines._Pieces(3, lambda piece: piece + 1)
     started = engine_threads() - before
     assert len(started) == 3
+    ready = {t.ident for t in threading.enumerate()}
     for size in (1, 2, 7, 32):
         batch = np.arange(size, dtype=np.float32)
         np.testing.assert_array_equal(pieces(batch), batch + 1)
+    assert {t.ident for t in threading.enumerate()} - ready == set()  # no thread of any kind started
     assert engine_threads() - before == started
 
 
