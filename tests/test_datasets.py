@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mura_cli.errors import InputError
+from mura_cli.errors import InputError, MuraError
 from mura_cli.inputs.datasets import read_dataset, select_split
 from mura_cli.inputs.datasets.fracatlas import read_fracatlas
 from mura_cli.training.split import patient_split
@@ -83,6 +83,32 @@ def test_fracatlas_reader_and_its_held_out_test_part():
     assert 0.18 < len(test) / len(table) < 0.22
     assert abs(test["label"].mean() - table["label"].mean()) < 0.01  # stratified
     assert read_fracatlas(shared)["split"].tolist() == table["split"].tolist()  # deterministic
+
+
+def fracatlas_folder(base: Path, parts_and_labels: list[tuple[str, int]]) -> Path:
+    """A FracAtlas-layout folder (dataset.csv + images/) of small synthetic radiographs."""
+    (base / "images").mkdir(parents=True)
+    rows = []
+    for k, (part, label) in enumerate(parts_and_labels):
+        name = f"IMG{k:07d}.png"
+        save_png8(radiograph(seed=k, height=48, width=40), base / "images" / name)
+        flags = {p: int(p == part) for p in ("hand", "leg", "hip", "shoulder")}
+        rows.append({"image_id": name, **flags, "fractured": label})
+    pd.DataFrame(rows).to_csv(base / "dataset.csv", index=False)
+    return base
+
+
+def test_fracatlas_subset_with_one_lone_stratum_still_splits(tmp_path):
+    # one shoulder image: a stratum of one row, and the only such ('rare' of one row cannot split)
+    given = [("hand", 0)] * 12 + [("hand", 1)] * 8 + [("leg", 0)] * 6 + [("shoulder", 1)]
+    table = read_fracatlas(fracatlas_folder(tmp_path / "subset", given))
+    assert len(table) == len(given) and set(table["split"]) == {"train", "test"}
+
+
+def test_fracatlas_folder_too_small_to_split_is_a_one_line_error(tmp_path):
+    folder = fracatlas_folder(tmp_path / "tiny", [("hand", 0), ("hand", 0), ("leg", 1), ("leg", 1)])
+    with pytest.raises(MuraError, match=r"dataset\.csv: 4 images are too few for a stratified 20% test"):
+        read_fracatlas(folder)
 
 
 def test_patient_split_keeps_patients_whole_and_strata_balanced(learnable_folder):

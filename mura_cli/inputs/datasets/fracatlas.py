@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mura_cli.errors import MuraError
 from mura_cli.inputs.datasets.tables import finish_table
 
 PARTS = ("hand", "leg", "hip", "shoulder")
@@ -34,7 +35,14 @@ def test_split(keys: pd.Series, fraction: float = TEST_FRACTION, seed: int = SPL
     index = keys.index.to_numpy()
     counts = keys.value_counts()
     strata = keys.where(keys.map(counts) >= 2, "rare")  # strata of one row cannot be split
-    _, test_index = train_test_split(index, test_size=fraction, random_state=seed, stratify=strata)
+    if (strata == "rare").sum() == 1:  # nor can a lone rare row: it joins the largest stratum
+        strata = strata.replace("rare", counts.idxmax())
+    try:
+        _, test_index = train_test_split(index, test_size=fraction, random_state=seed, stratify=strata)
+    except ValueError as error:  # e.g. fewer test rows than strata
+        raise MuraError(
+            f"{len(keys)} images are too few for a stratified {fraction:.0%} test split ({error})"
+        ) from None
     split = pd.Series("train", index=keys.index)
     split.loc[test_index] = "test"
     return split
@@ -49,7 +57,10 @@ def read_fracatlas(path: Path) -> pd.DataFrame:
     present["path"] = [str(path / rel) for rel in present["rel_path"]]
     present["study_id"] = present["image_id"]
     present["patient_id"] = present["image_id"]
-    present["split"] = test_split(present["body_part"] + "_" + present["label"].astype(str))
+    try:
+        present["split"] = test_split(present["body_part"] + "_" + present["label"].astype(str))
+    except MuraError as error:
+        raise MuraError(f"{path / 'dataset.csv'}: {error}") from None
     table = finish_table(present, str(path))
     table.attrs["seeded_split"] = True  # mura-cli's own held-out part, not an official split
     return table
