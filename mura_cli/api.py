@@ -31,7 +31,7 @@ from mura_cli.inference.aggregate import aggregate_studies
 from mura_cli.inference.batches import ImageDataset
 from mura_cli.inference.device import create_runtime
 from mura_cli.inference.predictor import IMAGE_COLUMNS, Predictor
-from mura_cli.inputs.decode import MIN_SIDE, decode_image
+from mura_cli.inputs.decode import MIN_SIDE, decode_pixels
 from mura_cli.inputs.discover import ImageRecord
 from mura_cli.inputs.geometry import crop_region
 from mura_cli.model.factory import LoadedModel, resolve_model_dir
@@ -58,7 +58,8 @@ def wrap_module(module: torch.nn.Module, config: ModelConfig) -> LoadedModel:
 
 
 def as_gray(image: np.ndarray, name: str = "array") -> np.ndarray:
-    """A 2-D array as float32 gray in [0, 1], as the decoder returns it; ValueError says what is wrong."""
+    """A 2-D array as gray, as the decoder returns it (uint8 kept as it is, like an 8-bit file's
+    pixels; anything else float32 in [0, 1]); ValueError says what is wrong."""
     array = np.asarray(image)
     if array.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D gray image, got shape {array.shape}")
@@ -67,7 +68,7 @@ def as_gray(image: np.ndarray, name: str = "array") -> np.ndarray:
             f"{name}: {array.shape[1]} x {array.shape[0]} pixels, under {MIN_SIDE} on the short side"
         )
     if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
+        return np.ascontiguousarray(array)
     if array.dtype == np.uint16:
         return array.astype(np.float32) / 65535.0
     if not np.issubdtype(array.dtype, np.floating):
@@ -88,7 +89,7 @@ class _Pictures(ImageDataset):
         item = self.images[index]
         try:
             return (
-                decode_image(item) if isinstance(item, (str, Path)) else as_gray(item, f"image {index}")
+                decode_pixels(item) if isinstance(item, (str, Path)) else as_gray(item, f"image {index}")
             ), ""
         except DecodeError as exc:
             return None, exc.reason

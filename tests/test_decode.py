@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mura_cli.errors import DecodeError
-from mura_cli.inputs.decode import decode_image, window
+from mura_cli.inputs.decode import decode_image, decode_pixels, window
 from mura_cli.inputs.geometry import crop_region, fit_geometry, place_on_canvas
 
 from conftest import radiograph, save_png8, save_png16
@@ -23,24 +23,38 @@ def test_16bit_png_keeps_its_full_range(tmp_path):
     assert decoded[0, 2] > 0.6  # not clipped at 255
 
 
-def test_8bit_pixels_and_their_canvas_are_exactly_the_float_formula(tmp_path):
-    """The in-place arithmetic of the decode and the canvas gives bit for bit what the plain formula
-    gives (uint8 / 255 in float32; resized in float, times 255, rounded once): a speed change that
-    moved a pixel would move the model's answers."""
+def test_8bit_pixels_and_their_canvas_are_exactly_the_formulas(tmp_path):
+    """decode_image gives uint8 / 255 in float32 bit for bit; decode_pixels keeps the 8 bits, and their
+    canvas is Pillow's 8-bit resize exactly, within one grey level of the float path (resized in float,
+    times 255, rounded once), which float images still take bit for bit: a speed change that moved a
+    pixel further would move the model's answers."""
     pixels = np.random.default_rng(5).integers(0, 256, (97, 131), dtype=np.uint8)
     path = tmp_path / "noise.png"
     Image.fromarray(pixels).save(path)
     decoded = decode_image(path)
     assert decoded.dtype == np.float32
     np.testing.assert_array_equal(decoded, pixels.astype(np.float32) / 255.0)
+    kept = decode_pixels(path)
+    assert kept.dtype == np.uint8
+    np.testing.assert_array_equal(kept, pixels)
     geometry = fit_geometry(97, 131, 64, 64, "letterbox")
-    canvas = place_on_canvas(decoded, geometry, 64, 64)
-    resized = np.asarray(
-        Image.fromarray(decoded, mode="F").resize((geometry.new_w, geometry.new_h), Image.BILINEAR)
-    )
+    size = (geometry.new_w, geometry.new_h)
+    from_float = place_on_canvas(decoded, geometry, 64, 64)
+    resized = np.asarray(Image.fromarray(decoded, mode="F").resize(size, Image.BILINEAR))
     expected = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
-    np.testing.assert_array_equal(crop_region(canvas, geometry), expected)
-    assert canvas.dtype == np.uint8 and int(canvas.sum()) == int(expected.sum())  # the padding is black
+    np.testing.assert_array_equal(crop_region(from_float, geometry), expected)
+    assert from_float.dtype == np.uint8 and int(from_float.sum()) == int(expected.sum())  # black padding
+    from_bytes = place_on_canvas(kept, geometry, 64, 64)
+    eight_bit = np.asarray(Image.fromarray(pixels, mode="L").resize(size, Image.BILINEAR))
+    np.testing.assert_array_equal(crop_region(from_bytes, geometry), eight_bit)
+    assert int(from_bytes.sum()) == int(eight_bit.sum())
+    assert np.abs(from_bytes.astype(int) - from_float.astype(int)).max() == 1  # rounding, no more
+
+
+def test_deep_images_stay_float_for_the_canvas(tmp_path):
+    values = np.tile(np.array([[0, 1000, 40000, 65535]], dtype=np.uint16), (32, 8))
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert decode_pixels(tmp_path / "deep.png").dtype == np.float32  # 16 bits are not cut to 8
 
 
 def test_8bit_and_16bit_twins_decode_identically(tmp_path):

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mura_cli.config import ModelConfig
 from mura_cli.errors import DecodeError
-from mura_cli.inputs.decode import decode_image
+from mura_cli.inputs.decode import decode_pixels
 from mura_cli.inputs.discover import ImageRecord
 from mura_cli.inputs.geometry import fit_geometry, place_on_canvas
 
@@ -32,12 +32,13 @@ class ImageDataset(Dataset):
         return len(self.records)
 
     def gray(self, index: int):
-        """(float32 gray image in [0, 1], '') or (None, the reason it cannot be used)."""
+        """(gray image: uint8, or float32 in [0, 1] (decode_pixels), '') or (None, the reason it
+        cannot be used)."""
         record = self.records[index]
         if record.error:
             return None, record.error
         try:
-            return decode_image(record.path), ""
+            return decode_pixels(record.path), ""
         except DecodeError as exc:
             return None, exc.reason
 

@@ -41,20 +41,31 @@ def fit_geometry(orig_h: int, orig_w: int, canvas_h: int, canvas_w: int, policy:
 
 
 def place_on_canvas(gray: np.ndarray, geometry: Geometry, canvas_h: int, canvas_w: int) -> np.ndarray:
-    """float [0, 1] image -> uint8 canvas (antialiased resize in float, rounded once at the end)."""
-    resized = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F").resize(
-        (geometry.new_w, geometry.new_h), Image.BILINEAR
-    )
-    region = np.array(resized, dtype=np.float32)  # its own buffer, rounded in place (no temporaries)
-    region *= np.float32(255.0)
-    np.rint(region, out=region)
-    np.clip(region, 0, 255, out=region)
-    region = region.astype(np.uint8)
+    """uint8 image, or float [0, 1] image -> uint8 canvas. Antialiased bilinear resize: of 8 bits in
+    8 bits (Pillow's fixed point), of float in float, rounded once at the end."""
+    size = (geometry.new_w, geometry.new_h)
+    if gray.dtype == np.uint8:
+        region = np.asarray(
+            Image.fromarray(np.ascontiguousarray(gray), mode="L").resize(size, Image.BILINEAR)
+        )
+    else:
+        region = _float_region(gray, size)
     canvas = np.zeros((canvas_h, canvas_w), dtype=np.uint8)
     canvas[geometry.top : geometry.top + geometry.new_h, geometry.left : geometry.left + geometry.new_w] = (
         region
     )
     return canvas
+
+
+def _float_region(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    resized = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F").resize(
+        size, Image.BILINEAR
+    )
+    region = np.array(resized, dtype=np.float32)  # its own buffer, rounded in place (no temporaries)
+    region *= np.float32(255.0)
+    np.rint(region, out=region)
+    np.clip(region, 0, 255, out=region)
+    return region.astype(np.uint8)
 
 
 def crop_region(canvas_like: np.ndarray, geometry: Geometry) -> np.ndarray:

@@ -24,7 +24,7 @@ from mura_cli.files import atomic_write_bytes
 from mura_cli.inference.batches import ImageDataset, _worker_init
 from mura_cli.inputs.discover import ImageRecord
 
-FORMAT = 1
+FORMAT = 2  # 2: 8-bit images resized in 8 bits (decode_pixels)
 
 
 def default_cache_dir() -> Path:
