@@ -249,6 +249,19 @@ def test_early_stopping_triggers_after_patience_epochs_without_improvement(
     assert result.best_epoch == 2 and result.best_metric == pytest.approx(0.70)
 
 
+def test_when_no_epoch_can_be_chosen_the_last_is_kept_and_the_folder_says_so(
+    learnable_folder, tmp_path, monkeypatch
+):
+    _scripted_validation(monkeypatch, [None, None])  # e.g. a validation part with one class
+    result = train(
+        tiny_train_config(learnable_folder, tmp_path / "m", epochs=2, freeze_epochs=0, img_size=32)
+    )
+    assert result.best_epoch == 2  # the weights kept are the last epoch's, not "epoch 0"
+    assert "no epoch had a validation auroc" in result.note and "last epoch's weights" in result.note
+    provenance = json.loads((result.out_dir / "config.json").read_text())["provenance"]
+    assert provenance["best_epoch"] == 2 and provenance["choice_note"] == result.note
+
+
 def test_plateau_schedule_cuts_the_learning_rate_when_validation_stalls(
     learnable_folder, tmp_path, monkeypatch
 ):

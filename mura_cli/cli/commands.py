@@ -321,12 +321,21 @@ def train(
     if not quiet:
         _epoch_table(result.log)
         v = result.val_metrics
+        chosen = (
+            f"epoch {result.best_epoch} kept ({result.note})"
+            if result.note
+            else f"best epoch {result.best_epoch}"
+        )
         err.print(
-            f"best epoch {result.best_epoch}: validation study AUROC {v['auroc']:.4f}, kappa {v['kappa']:.4f} "
+            f"{chosen}: validation study AUROC {_figure(v.get('auroc'))}, kappa {_figure(v.get('kappa'))} "
             f"at threshold {result.threshold:.4f}; model written to {result.out_dir}",
             markup=False,
             soft_wrap=True,
         )
+
+
+def _figure(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 @app.command()

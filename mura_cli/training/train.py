@@ -85,6 +85,7 @@ class TrainResult:
     best_metric: float
     threshold: float
     val_metrics: dict
+    note: str = ""  # e.g. why the last epoch was kept instead of a chosen one
 
 
 def seed_everything(seed: int) -> None:
@@ -235,6 +236,7 @@ class Trainer:
         self.best_metric = -np.inf
         self.best_epoch = -1
         self.best_state: dict | None = None
+        self.choice_note = ""  # set when no epoch could be chosen by the monitor
         self.bad_epochs = 0
         self.history: list[dict] = []
 
@@ -644,8 +646,11 @@ def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> 
     images, model folder written."""
     if trainer.best_state is not None:
         trainer.model.load_state_dict(trainer.best_state)
-    elif trainer.ema is not None:
-        trainer.model.load_state_dict(trainer.ema.module.state_dict())
+    else:  # no epoch could be chosen: the last one's weights are kept, and the folder says so
+        if trainer.ema is not None:
+            trainer.model.load_state_dict(trainer.ema.module.state_dict())
+        trainer.best_epoch = trainer.epoch - 1
+        trainer.choice_note = unchosen_note(trainer.config)
     trainer.ema = None  # the chosen weights (averaged or not) are the model's from here on
     images = validate_images(trainer, val, val_records, workers)
     temperature, bias = fit_platt(images["probability"].to_numpy(float), images["label"].to_numpy(int))
@@ -671,7 +676,9 @@ def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> 
     if trainer.dist.is_main:
         training_io.write_model_dir(trainer.model, model_cfg, trainer.config, log, pool, val_metrics, out_dir)
     barrier(trainer.dist)
-    return TrainResult(out_dir, log, trainer.best_epoch + 1, trainer.best_metric, threshold, val_metrics)
+    return TrainResult(
+        out_dir, log, trainer.best_epoch + 1, trainer.best_metric, threshold, val_metrics, trainer.choice_note
+    )
 
 
 PRECISION_CHECK_IMAGES = 256
@@ -690,6 +697,16 @@ def _precision_checks(trainer: Trainer, model_cfg: ModelConfig, val_records) -> 
     results = precision_check.check_precisions(loaded, records, device, batch_size=trainer.config.batch_size)
     note = f"{len(records)} validation images"
     return {device.type: {k: {**v, "on": note} for k, v in results.items()}} if results else {}
+
+
+def unchosen_note(cfg: TrainConfig) -> str:
+    """Why no epoch was chosen by the monitor (every score missing), for the model folder and the user."""
+    why = (
+        f"no epoch reached --box-loss-from {cfg.box_loss_from}"
+        if cfg.boxes and cfg.box_loss_from >= cfg.epochs
+        else f"no epoch had a validation {cfg.monitor} (e.g. a validation part with one class only)"
+    )
+    return f"{why}: the last epoch's weights were kept"
 
 
 def _chosen_epoch_row(trainer: Trainer) -> dict:
@@ -713,6 +730,7 @@ def _provenance(trainer: Trainer, pool: pd.DataFrame, val_metrics: dict) -> dict
         "images": {"train": int((pool["side"] == "train").sum()), "val": int((pool["side"] == "val").sum())},
         "best_epoch": trainer.best_epoch + 1,
         "monitor": cfg.monitor,
+        **({"choice_note": trainer.choice_note} if trainer.choice_note else {}),
         "best_epoch_validation": _chosen_epoch_row(trainer),
         "processes": trainer.dist.world,
         "validation_study_metrics": {k: v for k, v in val_metrics.items() if k != "confusion"},
