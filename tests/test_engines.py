@@ -280,6 +280,9 @@ def test_a_batch_in_pieces_gives_each_image_the_same_features(engine, resnet_mod
     for backbone in backbones:
         np.testing.assert_allclose(backbone(x).numpy(), expected.numpy(), atol=1e-4)
         np.testing.assert_allclose(backbone(x[:1]).numpy(), expected[:1].numpy(), atol=1e-4)
+        backbone.close()
+        with pytest.raises(RuntimeError, match="was closed"):  # not a division by zero or a None call
+            backbone(x[:1])
 
 
 def test_pieces_come_back_in_order_and_a_failure_waits_for_the_running_ones():

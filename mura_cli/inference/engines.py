@@ -308,6 +308,8 @@ class OpenVinoBackbone:
         return request.get_output_tensor(0).data.copy()  # the request reuses its output tensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            raise RuntimeError(f"the OpenVINO model of {self.folder} was closed")
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
         if self.hint == "LATENCY":
             return torch.from_numpy(self.compiled(array)[0])
@@ -354,6 +356,8 @@ class OnnxRuntimeBackbone:
         return self.session.run(None, {self.input: piece})[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.session is None:
+            raise RuntimeError(f"the ONNX Runtime session of {self.folder} was closed")
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
         return torch.from_numpy(self.pieces(array) if self.split else self._run(array))
 
