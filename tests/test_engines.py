@@ -426,3 +426,54 @@ def test_torch_on_the_cpu_runs_a_batch_in_pieces_with_the_whole_batchs_features(
     pieces = backbone(x)
     assert calls == [engines.TORCH_CPU_PIECE, engines.TORCH_CPU_PIECE, 3]
     torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_evaluates_deletion_test_reuses_the_scoring_engine_and_gives_its_probabilities(
+    engine, tiny_model, tmp_path, monkeypatch
+):
+    """One engine for the whole evaluate run (no second export check, no engine threads started
+    mid-run), and the deletion test's probabilities are those of a predictor made for it alone."""
+    from mura_cli.config import EvalConfig
+    from mura_cli.evaluation import evaluate as evaluate_module
+    from mura_cli.evaluation import faithfulness
+    from mura_cli.inputs.boxes import boxes_for, read_boxes
+
+    from conftest import learnable_mura
+
+    monkeypatch.setenv(ENGINE_CACHE_ENV, str(tmp_path / "engines"))
+    built = []
+    real_init = Predictor.__init__
+    monkeypatch.setattr(
+        Predictor, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k)
+    )
+    boxes = tmp_path / "boxes.csv"
+    data = learnable_mura(tmp_path / "data", patients=12, boxes=boxes)
+    config = EvalConfig(
+        data=str(data),
+        out_dir=str(tmp_path / "ev"),
+        model=str(tiny_model),
+        workers=0,
+        bootstrap=10,
+        boxes=str(boxes),
+        engine=engine,
+    )
+    result = evaluate_module.evaluate(config)
+    assert len(built) == 1
+    assert result.metrics["run"]["engine"]["name"] == engine
+    images = result.images.dropna(subset=["probability_boxes_filled"])
+    assert len(images) > 0
+    alone = Predictor(
+        mura_cli.load_model(tiny_model), create_runtime("cpu", "fp32"), heatmaps=False, engine=engine
+    )
+    from mura_cli.inputs.datasets import read_dataset
+
+    table = read_dataset(data).set_index("rel_path").loc[images["path"]].reset_index()
+    records = evaluate_module.records_from_table(table)
+    table = read_boxes(str(boxes))
+    expected = faithfulness.deletion_scores(
+        alone, records, [boxes_for(r.rel_path, table) for r in records], 32, 0
+    )
+    np.testing.assert_allclose(
+        images["probability_boxes_filled"].to_numpy(float), expected["probability_boxes_filled"], atol=1e-6
+    )

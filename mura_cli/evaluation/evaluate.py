@@ -125,7 +125,7 @@ def predict_table(
 
 
 def add_deletion_test(
-    images: pd.DataFrame, records: list, loaded, runtime, config: EvalConfig, boxes: dict, notify
+    images: pd.DataFrame, records: list, predictor: Predictor, config: EvalConfig, boxes: dict, notify
 ) -> pd.DataFrame:
     """Probabilities of the positive images with boxes after filling the boxes, and after filling
     same-size regions elsewhere, with the drops from the original probability (faithfulness.py)."""
@@ -141,8 +141,8 @@ def add_deletion_test(
             "metrics", message=f"Deletion test: {len(chosen)} positive images with boxes, scored twice more"
         )
     )
-    predictor = Predictor(loaded, runtime, heatmaps=False, tta=config.tta, engine=config.engine)
-    workers = config.workers if config.workers is not None else default_workers(runtime.device)
+    predictor = predictor.probabilities_only()  # the scoring pass's engine, already started
+    workers = config.workers if config.workers is not None else default_workers(predictor.runtime.device)
     picked = [records[i] for i in chosen]
     filled = faithfulness.deletion_scores(
         predictor,
@@ -318,7 +318,7 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
     )
     images = predict_table(records, predictor, config, boxes, notify, pictures)
     if boxes and config.deletion:
-        images = add_deletion_test(images, records, loaded, runtime, config, boxes, notify)
+        images = add_deletion_test(images, records, predictor, config, boxes, notify)
     threshold, method = loaded.config.threshold, loaded.config.aggregation
     studies = aggregate_studies(images, method, threshold)
     notify(EvalEvent("metrics", message=f"Metrics with {config.bootstrap} bootstrap resamples"))

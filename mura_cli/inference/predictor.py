@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,13 @@ class Predictor:
                 continue
             return feats.shape[1] if feats.ndim == 4 else None
         return None
+
+    def probabilities_only(self) -> Predictor:
+        """This predictor without heatmaps: the same model, engine, test-time augmentation and
+        calibration (a shallow copy sharing the backbone, so no second export or engine start)."""
+        other = copy.copy(self)
+        other.heatmaps, other.keep_maps, other.heatmap_method = False, False, "none"
+        return other
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities (B,), CAMs (B, h, w) or None), the mirrored pass averaged in with tta='flip'."""

@@ -385,10 +385,12 @@ def _val_predictor(trainer: Trainer) -> Predictor:
     return Predictor(loaded, trainer.runtime, heatmaps=False)
 
 
-def validate_images(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> pd.DataFrame:
+def validate_images(
+    trainer: Trainer, val: pd.DataFrame, records, workers: int, predictor: Predictor | None = None
+) -> pd.DataFrame:
     """The validation images with their probabilities (temperature 1); under torchrun each rank
     predicts a share and every rank gets all of them."""
-    predictor = _val_predictor(trainer)
+    predictor = predictor or _val_predictor(trainer)
     mine = list(range(trainer.dist.rank, len(records), trainer.dist.world))
     cached = Reindexed(trainer.val_source, mine) if trainer.val_source is not None else None
     found = {}
@@ -417,7 +419,8 @@ def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tupl
     positives with boxes ('deletion_drop', 'elsewhere_drop') and the 'auroc+deletion' monitor. Under
     torchrun rank 0 runs the (small) deletion test and every rank takes its figures, so that all
     choose the same epoch (GPU kernels need not agree to the last bit)."""
-    images = validate_images(trainer, val, records, workers)
+    predictor = _val_predictor(trainer)
+    images = validate_images(trainer, val, records, workers, predictor)
     metrics, studies = study_metrics(images)
     metrics["deletion_drop"] = metrics["elsewhere_drop"] = None
     if trainer.val_boxes:
@@ -426,7 +429,7 @@ def validate(trainer: Trainer, val: pd.DataFrame, records, workers: int) -> tupl
         drops = None
         if trainer.dist.is_main:
             drops = mean_drops(
-                _val_predictor(trainer),
+                predictor,
                 records,
                 images["probability"].to_numpy(float),
                 trainer.val_boxes,
