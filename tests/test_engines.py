@@ -262,6 +262,21 @@ def test_a_broken_engine_install_and_a_missing_exporter_fall_back_with_their_rea
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_cached_export_runs_without_the_exporter_packages(engine, tiny_model, tmp_path, monkeypatch):
+    """Once a model's export is in the cache, running it needs the engine only: a machine (or a later
+    install) without onnxscript/onnx still uses it; a model without one is refused for that reason."""
+    model = mura_cli.load_model(tiny_model)
+    runtime = create_runtime("cpu", "fp32")
+    first = Predictor(model, runtime, engine=engine, engine_cache=tmp_path)
+    assert first.engine.name == engine
+    monkeypatch.setattr(engines, "missing_exporters", lambda name: ["onnxscript"])
+    again = Predictor(model, runtime, engine=engine, engine_cache=tmp_path)
+    assert again.engine.name == engine and again.engine.export_sha256 == first.engine.export_sha256
+    with pytest.raises(ValueError, match="export needs onnxscript"):
+        Predictor(model, runtime, engine=engine, engine_cache=tmp_path / "empty")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_batch_in_pieces_gives_each_image_the_same_features(engine, resnet_model, tmp_path):
     """Score's setting (pieces of the batch side by side, one core each) and the other one (every core
     on each layer of the whole batch) give each image torch's features, in order, for a batch that is

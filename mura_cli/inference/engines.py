@@ -85,11 +85,17 @@ def default_cache_dir() -> Path:
 
 
 def choose_engine(
-    requested: str, device: torch.device, precision: str, weights_sha256: str, exclude: tuple[str, ...] = ()
+    requested: str,
+    device: torch.device,
+    precision: str,
+    weights_sha256: str,
+    exclude: tuple[str, ...] = (),
+    cached=lambda name: False,
 ) -> tuple[str, str]:
     """(engine, why): auto takes the first of EXPORTED (not in ``exclude``: e.g. its export failed)
     that can run fp32 on the CPU here, torch elsewhere; an engine asked for by name that cannot run
-    here is a ValueError."""
+    here is a ValueError. ``cached(name)``: whether this model's export for ``name`` is already in the
+    cache (then the exporter packages are not needed)."""
     if requested not in choices.ENGINES:
         raise ValueError(f"engine must be one of {list(choices.ENGINES)}")
     if requested == "torch":
@@ -97,7 +103,7 @@ def choose_engine(
     candidates = [n for n in EXPORTED if n not in exclude] if requested == "auto" else [requested]
     reasons = []
     for name in candidates:
-        unsupported = _unsupported(name, device, precision, weights_sha256)
+        unsupported = _unsupported(name, device, precision, weights_sha256, cached)
         if not unsupported:
             try:  # found is not importable: a broken install falls through like a missing one
                 version = engine_version(name)
@@ -115,8 +121,8 @@ def choose_engine(
     return "torch", f"torch ({present[0] if present else 'neither OpenVINO nor ONNX Runtime is installed'})"
 
 
-def _unsupported(name: str, device: torch.device, precision: str, weights_sha256: str) -> str:
-    """Why ``name`` cannot run this model here, '' when it can."""
+def _unsupported(name: str, device: torch.device, precision: str, weights_sha256: str, cached) -> str:
+    """Why ``name`` cannot run this model here, '' when it can (``cached``: see choose_engine)."""
     label = LABELS[name]
     if device.type != "cpu":
         return f"{label} runs here on the CPU only"
@@ -125,14 +131,24 @@ def _unsupported(name: str, device: torch.device, precision: str, weights_sha256
     if not installed(name):
         extra = " (pip install 'mura-cli[onnx]')" if name == "onnxruntime" else ""
         return f"{label} is not installed{extra}"
-    missing = missing_exporters(name)
-    if missing:
-        return f"{label}'s export needs {' and '.join(missing)} (pip install 'mura-cli[onnx]')"
-    if name == "onnxruntime" and _torch_version() < (2, 6):
-        return f"{label} needs torch >= 2.6 for its export (torch.onnx's dynamo exporter), not {torch.__version__}"
     if not weights_sha256:
         return "a model without a weights file cannot be exported"
+    missing = missing_exporters(name)
+    needs_torch = name == "onnxruntime" and _torch_version() < (2, 6)
+    if (missing or needs_torch) and _cached_here(name, cached):
+        return ""  # made earlier (or elsewhere): running it needs only the engine
+    if missing:
+        return f"{label}'s export needs {' and '.join(missing)} (pip install 'mura-cli[onnx]')"
+    if needs_torch:
+        return f"{label} needs torch >= 2.6 for its export (torch.onnx's dynamo exporter), not {torch.__version__}"
     return ""
+
+
+def _cached_here(name: str, cached) -> bool:
+    try:
+        return bool(cached(name))
+    except Exception:  # noqa: BLE001 - an engine that does not import: said by the caller's import check
+        return False
 
 
 def _torch_version() -> tuple[int, int]:
@@ -308,7 +324,7 @@ class OpenVinoBackbone:
         return request.get_output_tensor(0).data.copy()  # the request reuses its output tensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled is None:
+        if not self.requests:  # close() let go of them and of the compiled model
             raise RuntimeError(f"the OpenVINO model of {self.folder} was closed")
         array = np.ascontiguousarray(x.detach().cpu().float().numpy())
         if self.hint == "LATENCY":

@@ -126,9 +126,15 @@ class Predictor:
         """The engine that runs the backbone; under auto an engine whose export fails gives way to the
         next one, and torch runs when none is left; every failure is said in the reason."""
         failed: dict[str, str] = {}  # engine -> why its export failed
+        cache = cache or engines.default_cache_dir()
         while True:
             name, why = engines.choose_engine(
-                requested, self.runtime.device, self.runtime.precision, loaded.weights_sha256, tuple(failed)
+                requested,
+                self.runtime.device,
+                self.runtime.precision,
+                loaded.weights_sha256,
+                tuple(failed),
+                cached=lambda engine: self._cached_entry(engine, loaded, cache)[1] is not None,
             )
             if name != "torch" and self.heatmap_method == "gradcam":
                 label = engines.LABELS[name]
@@ -140,7 +146,7 @@ class Predictor:
                 why = f"torch ({'; '.join(failed.values())})" if failed else why
                 return engines.EngineInfo("torch", torch.__version__, why)
             try:
-                info = self._use_engine(name, loaded, cache or engines.default_cache_dir(), why)
+                info = self._use_engine(name, loaded, cache, why)
             except Exception as exc:  # any export or runtime failure: the next engine (auto) or torch
                 self.backbone = engines.TorchBackbone(self.model, self.runtime)
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
@@ -150,15 +156,23 @@ class Predictor:
                 continue
             return dataclasses.replace(info, reason="; ".join([info.reason, *failed.values()]))
 
-    def _use_engine(self, name: str, loaded: LoadedModel, cache: Path, why: str) -> engines.EngineInfo:
-        """Run the backbone in ``name`` from its cached export, made (and checked) first when missing."""
+    def _cached_entry(self, name: str, loaded: LoadedModel, cache: Path) -> tuple[Path, dict | None]:
+        """(the cache folder of this model's ``name`` export, its record or None when there is no whole
+        entry). An entry checked with heatmap peaks serves every run; one checked without them, runs
+        without the CAM only."""
         version = engines.engine_version(name)
         key = lambda peaks: engines.export_key(loaded.weights_sha256, self.config, name, version, peaks)  # noqa: E731
         checked = cache / key(True)
-        folder, meta = checked, engines.cached_export(checked, name)  # checked with peaks: serves every run
+        folder, meta = checked, engines.cached_export(checked, name)
         if meta is None and self.heatmap_method != "cam":
             folder = cache / key(False)
             meta = engines.cached_export(folder, name)
+        return (checked if meta is None else folder), meta
+
+    def _use_engine(self, name: str, loaded: LoadedModel, cache: Path, why: str) -> engines.EngineInfo:
+        """Run the backbone in ``name`` from its cached export, made (and checked) first when missing."""
+        version = engines.engine_version(name)
+        folder, meta = self._cached_entry(name, loaded, cache)
         if meta is None:
             meta = engines.export(
                 name,
