@@ -90,6 +90,28 @@ def test_the_export_is_cached_and_a_broken_entry_is_rebuilt(engine, tiny_model, 
     assert json.loads((entry / "meta.json").read_text())["probe_passed"] is True
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_export_checked_without_heatmaps_never_serves_a_run_with_them(
+    engine, tiny_model, tmp_path, monkeypatch
+):
+    """A run without the CAM compares no peaks in its probe check: its export is kept apart, and the
+    first run with heatmaps makes (and checks) its own."""
+    model = mura_cli.load_model(tiny_model)
+    runtime = create_runtime("cpu", "fp32")
+    bare = Predictor(model, runtime, heatmaps=False, engine=engine, engine_cache=tmp_path).engine
+    calls = []
+    real = engines.export
+    monkeypatch.setattr(engines, "export", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert Predictor(
+        model, runtime, heatmaps=False, engine=engine, engine_cache=tmp_path
+    ).engine.export_sha256 == (bare.export_sha256)
+    assert calls == []  # the bare entry serves bare runs
+    with_maps = Predictor(model, runtime, engine=engine, engine_cache=tmp_path).engine
+    assert calls == [1] and with_maps.name == engine  # its own export, its peaks checked
+    entries = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 2
+
+
 @needs_openvino
 def test_a_failed_export_falls_back_to_torch_with_a_reason_and_still_scores(
     tiny_model, tmp_path, monkeypatch

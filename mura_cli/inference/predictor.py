@@ -158,16 +158,17 @@ class Predictor:
 
     def _cached_entry(self, name: str, loaded: LoadedModel, cache: Path) -> tuple[Path, dict | None]:
         """(the cache folder of this model's ``name`` export, its record or None when there is no whole
-        entry). An entry checked with heatmap peaks serves every run; one checked without them, runs
-        without the CAM only."""
+        entry: then the folder a new export goes to). An entry checked with heatmap peaks serves every
+        run; one checked without them (a run without the CAM), runs without the CAM only."""
         version = engines.engine_version(name)
         key = lambda peaks: engines.export_key(loaded.weights_sha256, self.config, name, version, peaks)  # noqa: E731
-        checked = cache / key(True)
-        folder, meta = checked, engines.cached_export(checked, name)
-        if meta is None and self.heatmap_method != "cam":
-            folder = cache / key(False)
-            meta = engines.cached_export(folder, name)
-        return (checked if meta is None else folder), meta
+        with_peaks = self.heatmap_method == "cam"
+        meta = engines.cached_export(cache / key(True), name)
+        if meta is not None:
+            return cache / key(True), meta
+        if not with_peaks:
+            meta = engines.cached_export(cache / key(False), name)
+        return cache / key(with_peaks), meta  # a new export is checked with peaks only when it has them
 
     def _use_engine(self, name: str, loaded: LoadedModel, cache: Path, why: str) -> engines.EngineInfo:
         """Run the backbone in ``name`` from its cached export, made (and checked) first when missing."""

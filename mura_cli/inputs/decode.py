@@ -143,7 +143,7 @@ def _raster_to_gray(img: Image.Image) -> np.ndarray:
                 np.asarray(img.convert("RGB").reduce(4) if min(img.size) >= 64 else img.convert("RGB"))
             )
         img = img.convert("L")  # RGB, RGBA, P, LA, 1, CMYK: luminance, alpha ignored
-    return np.asarray(img, dtype=np.uint8)  # 8 bits: kept as they are (decode_pixels)
+    return np.array(img, dtype=np.uint8)  # 8 bits: kept as they are (decode_pixels), writable
 
 
 def _scaled(values: np.ndarray, full_scale: float) -> np.ndarray:
