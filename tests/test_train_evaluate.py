@@ -252,7 +252,7 @@ def test_early_stopping_triggers_after_patience_epochs_without_improvement(
 def test_when_no_epoch_can_be_chosen_the_last_is_kept_and_the_folder_says_so(
     learnable_folder, tmp_path, monkeypatch
 ):
-    _scripted_validation(monkeypatch, [None, None])  # e.g. a validation part with one class
+    _scripted_validation(monkeypatch, [None, None])  # no epoch has a score to compare
     result = train(
         tiny_train_config(learnable_folder, tmp_path / "m", epochs=2, freeze_epochs=0, img_size=32)
     )
@@ -260,6 +260,23 @@ def test_when_no_epoch_can_be_chosen_the_last_is_kept_and_the_folder_says_so(
     assert "no epoch had a validation auroc" in result.note and "last epoch's weights" in result.note
     provenance = json.loads((result.out_dir / "config.json").read_text())["provenance"]
     assert provenance["best_epoch"] == 2 and provenance["choice_note"] == result.note
+
+
+def test_validation_scores_of_one_label_end_training_with_a_one_line_error(
+    learnable_folder, tmp_path, monkeypatch
+):
+    from mura_cli.training import train as train_module
+
+    real = train_module.validate_images
+
+    def positives_unscored(*args, **kwargs):  # e.g. every fractured validation image failed to decode
+        images = real(*args, **kwargs)
+        return images.assign(probability=images["probability"].where(images["label"] == 0))
+
+    monkeypatch.setattr(train_module, "validate_images", positives_unscored)
+    with pytest.raises(MuraError, match=r"hold one label only, so no calibration .* checkpoint\.pt"):
+        train(tiny_train_config(learnable_folder, tmp_path / "m", epochs=1, freeze_epochs=0, img_size=32))
+    assert (tmp_path / "m" / "checkpoint.pt").is_file()  # the epoch's work is kept
 
 
 def test_plateau_schedule_cuts_the_learning_rate_when_validation_stalls(

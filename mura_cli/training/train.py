@@ -656,6 +656,12 @@ def finish(trainer: Trainer, pool, val, val_records, workers, out_dir: Path) -> 
         trainer.choice_note = unchosen_note(trainer.config)
     trainer.ema = None  # the chosen weights (averaged or not) are the model's from here on
     images = validate_images(trainer, val, val_records, workers)
+    scored = images.dropna(subset=["probability"])
+    if scored["label"].nunique() < 2:
+        raise MuraError(
+            f"the validation images that could be scored ({len(scored)} of {len(images)}) hold one label "
+            f"only, so no calibration or threshold can be fitted; the last epoch is in {out_dir / 'checkpoint.pt'}"
+        )
     temperature, bias = fit_platt(images["probability"].to_numpy(float), images["label"].to_numpy(int))
     calibrated = rescale(images["probability"].to_numpy(float), temperature, bias)
     _, studies = study_metrics(images.assign(probability=calibrated))
@@ -707,7 +713,7 @@ def unchosen_note(cfg: TrainConfig) -> str:
     why = (
         f"no epoch reached --box-loss-from {cfg.box_loss_from}"
         if cfg.boxes and cfg.box_loss_from >= cfg.epochs
-        else f"no epoch had a validation {cfg.monitor} (e.g. a validation part with one class only)"
+        else f"no epoch had a validation {cfg.monitor} (e.g. the deletion test had no image it could score)"
     )
     return f"{why}: the last epoch's weights were kept"
 
