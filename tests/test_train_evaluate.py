@@ -274,7 +274,7 @@ def test_validation_scores_of_one_label_end_training_with_a_one_line_error(
         return images.assign(probability=images["probability"].where(images["label"] == 0))
 
     monkeypatch.setattr(train_module, "validate_images", positives_unscored)
-    with pytest.raises(MuraError, match=r"hold one label only, so no calibration .* checkpoint\.pt"):
+    with pytest.raises(MuraError, match=r"hold one label only, so no calibration .*checkpoint\.pt"):
         train(tiny_train_config(learnable_folder, tmp_path / "m", epochs=1, freeze_epochs=0, img_size=32))
     assert (tmp_path / "m" / "checkpoint.pt").is_file()  # the epoch's work is kept
 
