@@ -446,3 +446,39 @@ def test_auroc_plus_deletion_monitor_weighs_the_deletion_drop(learnable_folder, 
 def test_auroc_plus_deletion_monitor_needs_boxes():
     with pytest.raises(ValueError, match="needs boxes"):
         TrainConfig(data="-", out_dir="x", monitor="auroc+deletion")
+
+
+def test_evaluate_pdf_makes_pictures_of_the_gallery_images_only(tiny_model, tmp_path, monkeypatch):
+    from mura_cli.evaluation import evaluate as evaluate_module
+    from mura_cli.report import pdf as report_pdf
+
+    drawn, shown = [], []
+    real_thumbnails, real_render = evaluate_module.make_thumbnails, report_pdf.render_eval_report
+
+    def thumbnails(*args, **kwargs):
+        drawn.append(1)
+        return real_thumbnails(*args, **kwargs)
+
+    def render(result, out_dir, path, entries):
+        shown.extend(picture for entry in entries for _, _, picture in entry.images)
+        return real_render(result, out_dir, path, entries)
+
+    monkeypatch.setattr(evaluate_module, "make_thumbnails", thumbnails)
+    monkeypatch.setattr(report_pdf, "render_eval_report", render)
+    data = learnable_mura(tmp_path / "data", patients=12, seed=3)
+    done = evaluate(
+        EvalConfig(
+            data=str(data),
+            out_dir=str(tmp_path / "ev"),
+            model=str(tiny_model),
+            workers=0,
+            pdf=True,
+            gallery=2,
+        )
+    )
+    picked = {study for ids in done.metrics["gallery"].values() for study in ids}
+    in_gallery = done.images[done.images["study_id"].isin(picked)]
+    assert 0 < len(in_gallery) < len(done.images)
+    assert len(drawn) == len(in_gallery)  # not one picture per image evaluated
+    assert len(shown) == len(in_gallery) and all(picture is not None for picture in shown)
+    assert (tmp_path / "ev" / "report.pdf").stat().st_size > 0

@@ -159,6 +159,19 @@ def add_deletion_test(
     return out
 
 
+def gallery_pictures(picked: dict, images: pd.DataFrame, records: list, predictor, config, boxes) -> dict:
+    """Thumbnails and heatmap overlays of the gallery's images only: they are scored once more (the
+    same predictor, keeping their maps), instead of making pictures of every image in the main pass."""
+    studies = {study for ids in picked.values() for study in ids}
+    if not studies:
+        return {}
+    wanted = set(images.loc[images["study_id"].isin(studies), "path"])
+    chosen = [r for r in records if r.rel_path in wanted]
+    pictures: dict = {}
+    predict_table(chosen, predictor.with_maps(), config, boxes, lambda event: None, pictures)
+    return pictures
+
+
 def level_metrics(y, p, threshold: float, config: EvalConfig, groups=None) -> dict:
     """Point values with 95% CIs, confusion matrix, operating points and calibration for one level."""
     point = metrics.threshold_metrics(y, p, threshold)
@@ -307,7 +320,7 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
         )
     )
     records = screen_modalities(records_from_table(rows), config.allow_modality)
-    pictures = {} if config.pdf or config.html else None
+    pictures = {} if config.html else None  # the review page shows every image; the PDF its gallery
     predictor = Predictor(
         loaded,
         runtime,
@@ -345,8 +358,10 @@ def _evaluate(config: EvalConfig, notify: Callable[[EvalEvent], None], overwrite
         "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "unit": "study"},
     }
     files = _write(out_dir, images, studies, result)
-    picked = pick_errors(studies, config.gallery) if pictures is not None else {}
+    picked = pick_errors(studies, config.gallery) if config.pdf or config.html else {}
     result["gallery"] = picked
+    if config.pdf and pictures is None:
+        pictures = gallery_pictures(picked, images, records, predictor, config, boxes)
     files["metrics.json"] = write_json(result, out_dir / "metrics.json")  # kept should a report fail
     if config.pdf:
         notify(EvalEvent("report", message="Writing the PDF report"))

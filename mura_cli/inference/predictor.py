@@ -233,6 +233,13 @@ class Predictor:
         other.heatmaps, other.keep_maps, other.heatmap_method = False, False, "none"
         return other
 
+    def with_maps(self) -> Predictor:
+        """This predictor keeping each image's heatmap on the canvas (for pictures), where it has one;
+        a shallow copy sharing the backbone, like probabilities_only."""
+        other = copy.copy(self)
+        other.keep_maps = self.heatmap_method != "none"
+        return other
+
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities (B,), CAMs (B, h, w) or None), the mirrored pass averaged in with tta='flip'."""
         logits, cams = self._forward_once(x)
