@@ -20,8 +20,8 @@ def test_default_model_loads_and_describes_itself(default_dir):
     cfg = loaded.config
     assert default_dir.name == DEFAULT_MODEL_NAME
     assert (cfg.architecture, cfg.input_size) == ("tf_efficientnet_lite0", (1, 384, 384))
-    assert cfg.provenance["recipe"]["img_size"] == 320  # trained at 320, scored at 384 (the card says why)
-    assert "384" in cfg.provenance["input_size_note"]
+    assert cfg.provenance["recipe"]["img_size"] == 384  # trained (its last run) at the size it scores at
+    assert "384" in cfg.provenance["initialised_from"]["input_size_note"]  # the step before: r14 at 384
     assert cfg.provenance["recipe"]["boxes"].endswith("fracture_boxes.csv")  # box-supervised heatmaps
     assert cfg.pooling == "lse"  # the heatmap's cell scores are what the image logit pools
     assert 0.2 < cfg.temperature < 5.0 and cfg.temperature != 1.0  # calibrated on validation
