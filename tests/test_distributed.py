@@ -88,3 +88,54 @@ def test_distributed_resume_continues_the_log(learnable_folder, tmp_path):
     pd.testing.assert_frame_equal(
         after.iloc[:2][["epoch", "train_loss", "val_auroc"]], before[["epoch", "train_loss", "val_auroc"]]
     )
+
+
+@pytest.mark.slow
+def test_a_failure_on_rank_0_in_the_validation_deletion_test_ends_every_process(tmp_path):
+    """Rank 0 alone runs the validation deletion test; when it fails there, the other rank must not
+    wait for its figures until a timeout: the run ends promptly, with rank 0's error in its output."""
+    import time
+
+    from conftest import learnable_mura
+
+    boxes = tmp_path / "boxes.csv"
+    data = learnable_mura(tmp_path / "data", patients=16, boxes=boxes)
+    script = tmp_path / "failing_deletion_test.py"
+    script.write_text(
+        "import sys\n"
+        "from mura_cli.evaluation import faithfulness\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise RuntimeError('the deletion test broke on rank 0')\n"
+        "faithfulness.mean_drops = broken\n"
+        "from mura_cli.cli.commands import main\n"
+        "sys.argv = ['mura-cli', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        "train",
+        str(data),
+        "--out",
+        str(tmp_path / "m"),
+        *COMMON,
+        "--epochs",
+        "2",
+        "--freeze-epochs",
+        "0",
+        "--img-size",
+        "32",
+        "--boxes",
+        str(boxes),
+    ]
+    # no re-exec for the malloc tuning: it would start a fresh interpreter without the patch
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MURA_CLI_MALLOC_TUNING": "0"}
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode != 0
+    assert "the deletion test broke on rank 0" in done.stdout + done.stderr
+    assert time.monotonic() - started < 240  # ended by the failure, not by a collective's timeout
