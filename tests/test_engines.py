@@ -475,6 +475,7 @@ def test_evaluates_deletion_test_reuses_the_scoring_engine_and_gives_its_probabi
     from mura_cli.evaluation import evaluate as evaluate_module
     from mura_cli.evaluation import faithfulness
     from mura_cli.inputs.boxes import boxes_for, read_boxes
+    from mura_cli.inputs.datasets import read_dataset
 
     from conftest import learnable_mura
 
@@ -503,13 +504,11 @@ def test_evaluates_deletion_test_reuses_the_scoring_engine_and_gives_its_probabi
     alone = Predictor(
         mura_cli.load_model(tiny_model), create_runtime("cpu", "fp32"), heatmaps=False, engine=engine
     )
-    from mura_cli.inputs.datasets import read_dataset
-
-    table = read_dataset(data).set_index("rel_path").loc[images["path"]].reset_index()
-    records = evaluate_module.records_from_table(table)
-    table = read_boxes(str(boxes))
+    rows = read_dataset(data).set_index("rel_path").loc[images["path"]].reset_index()
+    records = evaluate_module.records_from_table(rows)
+    found = read_boxes(str(boxes))
     expected = faithfulness.deletion_scores(
-        alone, records, [boxes_for(r.rel_path, table) for r in records], 32, 0
+        alone, records, [boxes_for(r.rel_path, found) for r in records], 32, 0
     )
     np.testing.assert_allclose(
         images["probability_boxes_filled"].to_numpy(float), expected["probability_boxes_filled"], atol=1e-6
