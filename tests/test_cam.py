@@ -139,3 +139,37 @@ def test_a_model_without_a_feature_map_keeps_no_maps_and_scores_no_pointing(tmp_
     assert result.heatmaps is None
     row = {"heatmap_peak_x": pd.NA, "heatmap_peak_y": pd.NA}
     assert pd.isna(_localise(result, 0, row, [(0.0, 0.0, 160.0, 160.0)], 0.04)["pointing_hit"])
+
+
+def test_canvas_peaks_match_a_search_of_the_whole_upsampled_map():
+    """The candidate-grid peak (canvas_peaks) is the first maximum in reading order of the whole map
+    upsampled in float64, within the image's region, for smooth maps, ReLU maps with zero plateaus and
+    maps of few levels (ties); odd canvas and grid sizes, letterboxed regions of every shape."""
+    generator = torch.Generator().manual_seed(0)
+    draw = lambda low, high: int(torch.randint(low, high, (1,), generator=generator))  # noqa: E731
+    checked = 0
+    for trial in range(120):
+        height, width, cells_h, cells_w = draw(16, 300), draw(16, 300), draw(1, 16), draw(1, 16)
+        geometries = torch.tensor(
+            [
+                fit_geometry(draw(10, 2000), draw(10, 2000), height, width, "letterbox").as_tuple()
+                for _ in range(3)
+            ]
+        )
+        cams = torch.rand(3, cells_h, cells_w, generator=generator, dtype=torch.float64)
+        cams = [cams, torch.relu(cams - 0.7), (cams * 4).floor()][trial % 3]
+        peaks = cam.canvas_peaks(cams, geometries, (height, width))
+        full = torch.nn.functional.interpolate(cams[:, None], size=(height, width), mode="bilinear")[:, 0]
+        for k in range(3):
+            _, _, new_h, new_w, top, left = geometries[k].tolist()
+            region = full[k, top : top + new_h, left : left + new_w]
+            if float(region.max() - region.min()) <= 1e-12:
+                assert peaks[k].tolist() == [-1, -1]
+                continue
+            y, x = divmod(int(region.argmax()), new_w)
+            found = float(full[k, peaks[k, 0], peaks[k, 1]])
+            # the same pixel, or one of equal value (a constant axis: float64 noise picks the brute's)
+            assert peaks[k].tolist() == [y + top, x + left] or found >= float(region.max()) - 1e-12
+            assert top <= peaks[k, 0] < top + new_h and left <= peaks[k, 1] < left + new_w
+            checked += peaks[k].tolist() == [y + top, x + left]
+    assert checked > 300  # most by the exact pixel

@@ -70,13 +70,69 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / span.clamp_min(1e-12)).view_as(maps)
 
 
+def _axis_candidates(cells: int, pixels: int, start: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """(B, 2 * cells + 2) sorted pixel positions along one axis of the canvas, inside each image's span
+    [start, start + size): the two pixels either side of every cell centre, and the span's ends. A
+    bilinear upsample (align_corners=False) is linear between consecutive cell centres and constant
+    beyond the outer ones, so along this axis its maximum and minimum over the span, and the first
+    pixel that reaches them, are always among these positions."""
+    centres = (torch.arange(cells, dtype=torch.float64) + 0.5) * (pixels / cells) - 0.5
+    knots = torch.cat((centres.floor(), centres.ceil())).to(torch.int64)
+    ends = torch.stack((start, start + size - 1), dim=1)
+    candidates = torch.cat((knots[None].expand(len(start), -1), ends), dim=1)
+    low, high = start[:, None], (start + size - 1)[:, None]
+    return torch.minimum(torch.maximum(candidates, low), high).sort(dim=1).values
+
+
+def _bilinear_weights(positions: torch.Tensor, cells: int, pixels: int):
+    """For canvas pixel ``positions``: the two source cells and the second one's weight, as
+    torch's bilinear interpolation with align_corners=False computes them (edges clamped)."""
+    source = ((positions.double() + 0.5) * (cells / pixels) - 0.5).clamp_min(0.0)
+    first = source.floor().to(torch.int64).clamp_max(cells - 1)
+    second = (first + 1).clamp_max(cells - 1)
+    return first, second, (source - first.double()).clamp(0.0, 1.0)
+
+
+def canvas_peaks(cams: torch.Tensor, geometries: torch.Tensor, canvas_hw: tuple[int, int]) -> torch.Tensor:
+    """(B, 2) canvas y, x of the first maximum in reading order of each (B, h, w) map upsampled
+    bilinearly onto the canvas, within the image's region; -1, -1 for a map flat there. The same
+    answer as searching the whole upsampled map, found on a grid of (2h + 2) x (2w + 2) candidate
+    pixels (see _axis_candidates): about a hundredth of the work for a 12 x 12 map on a 384 px canvas."""
+    height, width = canvas_hw
+    maps = cams.double().cpu()
+    cells_h, cells_w = maps.shape[1:]
+    geo = geometries.cpu().to(torch.int64)
+    rows = _axis_candidates(cells_h, height, geo[:, 4], geo[:, 2])  # (B, Ky)
+    cols = _axis_candidates(cells_w, width, geo[:, 5], geo[:, 3])  # (B, Kx)
+    y0, y1, wy = _bilinear_weights(rows, cells_h, height)
+    x0, x1, wx = _bilinear_weights(cols, cells_w, width)
+    pick = lambda index: maps.gather(1, index[:, :, None].expand(-1, -1, cells_w))  # noqa: E731
+    along = pick(y0) * (1 - wy[:, :, None]) + pick(y1) * wy[:, :, None]  # (B, Ky, w)
+    grab = lambda index: along.gather(2, index[:, None, :].expand(-1, along.shape[1], -1))  # noqa: E731
+    values = (grab(x0) * (1 - wx[:, None, :]) + grab(x1) * wx[:, None, :]).flatten(1)  # (B, Ky * Kx)
+    best = values.argmax(dim=1)
+    peaks = torch.stack(
+        (
+            rows.gather(1, (best // cols.shape[1])[:, None])[:, 0],
+            cols.gather(1, (best % cols.shape[1])[:, None])[:, 0],
+        ),
+        dim=1,
+    )
+    flat = (values.amax(dim=1) - values.amin(dim=1)) <= 1e-12  # a flat map (e.g. all zero) points nowhere
+    peaks[flat] = -1
+    return peaks.to(cams.device)
+
+
 def to_canvas(
     cams: torch.Tensor, geometries: torch.Tensor, canvas_hw: tuple[int, int], maps_too: bool = True
 ):
     """Upsample (B, h, w) maps onto the input canvas, zero the padding, normalise each to [0, 1] over
-    the image's region, and find each peak (the first maximum in reading order; -1, -1 for a flat
-    map, which points nowhere). Returns (maps (B, H, W), peaks (B, 2) as canvas y, x); without
-    ``maps_too`` only the peaks (maps None), for runs that keep no pictures."""
+    the image's region, and find each peak (canvas_peaks: the first maximum in reading order; -1, -1
+    for a flat map, which points nowhere). Returns (maps (B, H, W), peaks (B, 2) as canvas y, x);
+    without ``maps_too`` only the peaks (maps None), for runs that keep no pictures."""
+    peaks = canvas_peaks(cams, geometries, canvas_hw)
+    if not maps_too:
+        return None, peaks
     height, width = canvas_hw
     maps = F.interpolate(cams[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[
         :, 0
@@ -86,13 +142,8 @@ def to_canvas(
     geo = geometries.to(maps.device)
     new_h, new_w, top, left = (geo[:, i, None, None] for i in (2, 3, 4, 5))
     outside = (ys < top) | (ys >= top + new_h) | (xs < left) | (xs >= left + new_w)
-    masked = maps.masked_fill(outside, float("-inf")).flatten(1)
-    flat_peak = masked.argmax(dim=1)
-    peaks = torch.stack((flat_peak // width, flat_peak % width), dim=1)
-    high = masked.gather(1, flat_peak[:, None])[:, :, None]  # the peak's value is the region's maximum
-    low = maps.masked_fill(outside, float("inf")).flatten(1).min(dim=1).values[:, None, None]
-    peaks[(high - low).flatten() <= 1e-12] = -1  # a flat map (e.g. all zero: no cell raised the score)
-    if not maps_too:
-        return None, peaks
+    flat = maps.flatten(1)
+    high = flat.masked_fill(outside.flatten(1), float("-inf")).amax(dim=1)[:, None, None]
+    low = flat.masked_fill(outside.flatten(1), float("inf")).amin(dim=1)[:, None, None]
     normalised = maps.sub_(low).div_((high - low).clamp_min(1e-12)).clamp_(0, 1)
     return normalised.masked_fill_(outside, 0.0), peaks
