@@ -173,3 +173,22 @@ def test_canvas_peaks_match_a_search_of_the_whole_upsampled_map():
             assert top <= peaks[k, 0] < top + new_h and left <= peaks[k, 1] < left + new_w
             checked += peaks[k].tolist() == [y + top, x + left]
     assert checked > 300  # most by the exact pixel
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_input_normaliser_gives_the_models_normalised_input_and_leaves_the_canvas_alone(channels):
+    """(canvas - 255 mean) / (255 std) per channel, the gray canvas copied to every channel; the
+    loader's uint8 batch is not touched (the normalisation works in place on its own float copy)."""
+    from mura_cli.config import ModelConfig
+    from mura_cli.inference.predictor import InputNormaliser
+
+    mean, std = (0.2, 0.4, 0.6)[:channels], (0.5, 0.25, 0.1)[:channels]
+    cfg = ModelConfig(architecture="resnet10t", input_size=(channels, 16, 16), mean=mean, std=std)
+    canvas = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
+    before = canvas.clone()
+    x = InputNormaliser(cfg, torch.device("cpu"))(canvas)
+    assert x.shape == (2, channels, 16, 16) and x.dtype == torch.float32
+    for c in range(channels):
+        expected = (canvas[:, 0].double() / 255 - mean[c]) / std[c]
+        torch.testing.assert_close(x[:, c].double(), expected, atol=1e-5, rtol=0)
+    assert torch.equal(canvas, before)
