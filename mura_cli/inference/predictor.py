@@ -69,7 +69,9 @@ class InputNormaliser:
         self.std = torch.tensor(cfg.std, device=device).view(1, -1, 1, 1) * 255.0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float()  # a new tensor: normalised in place
+        # always a copy (even of a float32 batch on this device), so normalising it in place below
+        # leaves the caller's tensor alone
+        x = images.to(self.device, torch.float32, non_blocking=True, copy=True)
         if self.channels != 1:
             x = (x.expand(-1, self.channels, -1, -1) - self.mean) / self.std
         else:  # in place: a third of the time of (x - mean) / std here, the same values

@@ -93,6 +93,26 @@ def _bilinear_weights(positions: torch.Tensor, cells: int, pixels: int):
     return first, second, (source - first.double()).clamp(0.0, 1.0)
 
 
+def upsampled_at(
+    maps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, canvas_hw: tuple[int, int]
+) -> torch.Tensor:
+    """(B, Ky, Kx) float64 values of the (B, h, w) ``maps`` upsampled bilinearly onto the canvas
+    (align_corners=False), at canvas ``rows`` (B, Ky) x ``cols`` (B, Kx) only. Each blend is written
+    a + (b - a) * t, so a map constant along an axis stays exactly constant (ties stay ties and the
+    first in reading order wins)."""
+    height, width = canvas_hw
+    maps = maps.double()
+    cells_h, cells_w = maps.shape[1:]
+    y0, y1, wy = _bilinear_weights(rows, cells_h, height)
+    x0, x1, wx = _bilinear_weights(cols, cells_w, width)
+    pick = lambda index: maps.gather(1, index[:, :, None].expand(-1, -1, cells_w))  # noqa: E731
+    first = pick(y0)
+    along = first + (pick(y1) - first) * wy[:, :, None]  # (B, Ky, w)
+    grab = lambda index: along.gather(2, index[:, None, :].expand(-1, along.shape[1], -1))  # noqa: E731
+    left = grab(x0)
+    return left + (grab(x1) - left) * wx[:, None, :]
+
+
 def canvas_peaks(cams: torch.Tensor, geometries: torch.Tensor, canvas_hw: tuple[int, int]) -> torch.Tensor:
     """(B, 2) canvas y, x of the first maximum in reading order of each (B, h, w) map upsampled
     bilinearly onto the canvas, within the image's region; -1, -1 for a map flat there. The same
@@ -104,12 +124,7 @@ def canvas_peaks(cams: torch.Tensor, geometries: torch.Tensor, canvas_hw: tuple[
     geo = geometries.cpu().to(torch.int64)
     rows = _axis_candidates(cells_h, height, geo[:, 4], geo[:, 2])  # (B, Ky)
     cols = _axis_candidates(cells_w, width, geo[:, 5], geo[:, 3])  # (B, Kx)
-    y0, y1, wy = _bilinear_weights(rows, cells_h, height)
-    x0, x1, wx = _bilinear_weights(cols, cells_w, width)
-    pick = lambda index: maps.gather(1, index[:, :, None].expand(-1, -1, cells_w))  # noqa: E731
-    along = pick(y0) * (1 - wy[:, :, None]) + pick(y1) * wy[:, :, None]  # (B, Ky, w)
-    grab = lambda index: along.gather(2, index[:, None, :].expand(-1, along.shape[1], -1))  # noqa: E731
-    values = (grab(x0) * (1 - wx[:, None, :]) + grab(x1) * wx[:, None, :]).flatten(1)  # (B, Ky * Kx)
+    values = upsampled_at(maps, rows, cols, canvas_hw).flatten(1)  # (B, Ky * Kx)
     best = values.argmax(dim=1)
     peaks = torch.stack(
         (

