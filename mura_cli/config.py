@@ -387,6 +387,18 @@ class TrainConfig:
         "a margin when its boxes are erased (both copies in the same step; 0: off).",
         min=0.0,
     )
+    distill_from: str | None = option(
+        None,
+        "A trained model (folder or name) whose calibrated probabilities on the training images, scored "
+        "once before the first epoch, become soft targets beside the labels (distillation).",
+    )
+    distill_weight: float = option(
+        0.5,
+        "With --distill-from: share w of each image's target that is the teacher's probability "
+        "(target = (1 - w) label + w teacher).",
+        min=0.0,
+        max=1.0,
+    )
     tta: str = option(
         "none",
         "Test-time augmentation the model is validated, calibrated and shipped with: none, or flip "

@@ -34,7 +34,8 @@ def _toy_batch(rng: np.random.Generator, n: int = 16):
     return {
         "image": torch.from_numpy(images.astype(np.uint8)),
         "label": torch.ones(n, dtype=torch.long),
-        "weight": torch.ones(n),
+        "weight_pos": torch.ones(n),
+        "weight_neg": torch.ones(n),
         "error": [""] * n,
         "box_mask": torch.from_numpy(masks),
         "has_boxes": torch.ones(n, dtype=torch.bool),

@@ -288,6 +288,8 @@ def train(
     box_loss_from: int = opt(TrainConfig, "box_loss_from"),
     lesion_erase: float = opt(TrainConfig, "lesion_erase"),
     deletion_loss_weight: float = opt(TrainConfig, "deletion_loss_weight"),
+    distill_from: str | None = opt(TrainConfig, "distill_from"),
+    distill_weight: float = opt(TrainConfig, "distill_weight"),
     tta: choices.TTA = opt(TrainConfig, "tta"),
     flip: bool = opt(TrainConfig, "flip"),
     rotate: float = opt(TrainConfig, "rotate"),

@@ -21,7 +21,8 @@ class AugmentedDataset(Dataset):
     With ``boxes`` (image key -> lesion boxes in original pixels), each item also carries ``box_mask``
     (1, H, W) uint8: the boxes grown by ``box_grow`` on the canvas, moved by the same flip and affine
     as the image, and ``has_boxes``; ``erase`` > 0 adds lesion erasing (``training.erasing``) after the
-    augmentation."""
+    augmentation. Each item's ``target`` is its label, or ``targets[index]`` (soft targets, e.g. a
+    teacher's probabilities mixed in) when given; lesion erasing sets an erased copy's target to 0."""
 
     def __init__(
         self,
@@ -31,9 +32,13 @@ class AugmentedDataset(Dataset):
         boxes: dict | None = None,
         box_grow: float = 0.25,
         erase: float = 0.0,
+        targets: Sequence[float] | None = None,
     ):
         self.source, self.records, self.augment = source, list(records), augment
         self.boxes, self.box_grow, self.erase = boxes, box_grow, erase
+        if targets is not None and len(targets) != len(self.records):
+            raise ValueError(f"{len(targets)} targets for {len(self.records)} records")
+        self.targets = None if targets is None else [float(t) for t in targets]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -57,6 +62,7 @@ class AugmentedDataset(Dataset):
             else:
                 item["image"] = self.augment(item["image"])
         item["label"] = int(record.label)
+        item["target"] = float(record.label) if self.targets is None else self.targets[index]
         item["body_part"] = record.body_part
         if self.boxes is not None and self.erase > 0:
             from mura_cli.training.erasing import lesion_erasing
@@ -122,10 +128,11 @@ def create_train_loader(
     boxes: dict | None = None,
     box_grow: float = 0.25,
     erase: float = 0.0,
+    targets: Sequence[float] | None = None,
 ) -> DataLoader:
     """Shuffled batches; ``shard=(rank, world, seed)`` gives this process its DistributedSampler share;
     ``source`` gives canvases (the decoded cache) instead of decoding; ``boxes`` adds box masks;
-    ``erase`` the lesion-erasing probability."""
+    ``erase`` the lesion-erasing probability; ``targets`` soft targets per record."""
     dataset = AugmentedDataset(
         source if source is not None else ImageDataset(records, model_cfg),
         records,
@@ -133,6 +140,7 @@ def create_train_loader(
         boxes,
         box_grow,
         erase,
+        targets,
     )
     sampler = None
     if shard is not None:

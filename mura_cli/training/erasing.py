@@ -100,7 +100,7 @@ def erase(image: torch.Tensor, mask: torch.Tensor, blur: bool) -> torch.Tensor:
 
 def lesion_erasing(item: dict, probability: float, generator: torch.Generator | None = None) -> dict:
     """The training item (``image``, ``box_mask``, ``has_boxes``, ``label``, ``geometry``) after lesion
-    erasing with ``probability`` (at most 0.5): lesion erased and label 0, or erased elsewhere, or
+    erasing with ``probability`` (at most 0.5): lesion erased and label (and target) 0, or erased elsewhere, or
     unchanged. An image with no room for the same shape elsewhere in its own part of the canvas is
     left unchanged either way, so that an erased patch never tells the label. ``item['erased']`` says
     which: 'lesion', 'elsewhere' or ''."""
@@ -117,7 +117,9 @@ def lesion_erasing(item: dict, probability: float, generator: torch.Generator | 
     if moved is None:
         return item
     if draw < probability:
-        item.update(image=erase(item["image"], mask, blur), label=0, has_boxes=False, erased="lesion")
+        item.update(
+            image=erase(item["image"], mask, blur), label=0, target=0.0, has_boxes=False, erased="lesion"
+        )
         item["box_mask"] = torch.zeros_like(item["box_mask"])
     else:
         item.update(image=erase(item["image"], moved, blur), erased="elsewhere")

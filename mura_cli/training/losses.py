@@ -1,10 +1,21 @@
-"""Training losses beyond the classification BCE: box supervision of the class activation map, and
-the paired deletion loss."""
+"""Training losses: the class-weighted BCE (hard or soft targets), box supervision of the class
+activation map, and the paired deletion loss."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def weighted_bce(
+    logits: torch.Tensor, target: torch.Tensor, weight_pos: torch.Tensor, weight_neg: torch.Tensor
+) -> torch.Tensor:
+    """Per image: -(w1 t log p + w0 (1 - t) log(1 - p)), p = sigmoid(logit), for a target t in [0, 1].
+
+    With t 0 or 1 it is the class-weighted BCE of the labels; with a soft target (distillation) each
+    class keeps its weight, so the logit's optimum, log(w1 t / (w0 (1 - t))), is shifted by the class
+    weights exactly as with hard labels. Returns (B,) losses."""
+    return weight_pos * target * F.softplus(-logits) + weight_neg * (1 - target) * F.softplus(logits)
 
 
 def cells_covered(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -239,6 +239,7 @@ class Trainer:
         self.choice_note = ""  # set when no epoch could be chosen by the monitor
         self.bad_epochs = 0
         self.history: list[dict] = []
+        self.teacher: dict | None = None  # with --distill-from: where the soft targets came from
 
     def _scheduler(self):
         cfg = self.config
@@ -278,17 +279,17 @@ class Trainer:
         if not valid.any():
             return 0.0, 0.0, 0
         images = batch["image"][valid]
-        y = batch["label"][valid].float().to(self.runtime.device)
-        w = batch["weight"][valid].float().to(self.runtime.device)
+        device = self.runtime.device
+        y = batch["label"][valid].float().to(device)
+        target = batch["target"][valid].float().to(device) if "target" in batch else y
+        w_pos, w_neg = (batch[key][valid].float().to(device) for key in ("weight_pos", "weight_neg"))
         pairs = self._deletion_pairs(batch, valid, y)
         if pairs is not None:  # the erased copies ride in the same forward pass, after the batch
             images = torch.cat([images, pairs[1]])
         with self.runtime.autocast():
             logits, features = self.forward_module(self.prepare(images))
         n = len(y)
-        bce = (
-            nn.functional.binary_cross_entropy_with_logits(logits[:n, 0].float(), y, reduction="none") * w
-        ).mean()
+        bce = losses.weighted_bce(logits[:n, 0].float(), target, w_pos, w_neg).mean()
         box = self._box_loss(batch, valid, features[:n], y)
         loss = bce + self.config.box_loss_weight * box if box is not None else bce
         self.last_deletion_loss = 0.0  # mean over the batch's pairs, read by train_epoch
@@ -451,9 +452,8 @@ def train_epoch(trainer: Trainer, loader, weights, notify, epoch: int) -> tuple[
         loader.sampler.set_epoch(epoch)
     total, box_total, deletion_total, count = 0.0, 0.0, 0.0, 0
     for k, batch in enumerate(loader):
-        batch["weight"] = torch.tensor(
-            [weights.get((bp, int(lb)), 1.0) for bp, lb in zip(batch["body_part"], batch["label"])]
-        )
+        for key, label in (("weight_pos", 1), ("weight_neg", 0)):  # each image's weight for either class
+            batch[key] = torch.tensor([weights.get((bp, label), 1.0) for bp in batch["body_part"]])
         trainer.last_deletion_loss = 0.0
         loss, box, n = trainer.step(batch)
         total, box_total, count = total + loss * n, box_total + box * n, count + n
@@ -548,6 +548,10 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     val = pool[pool["side"] == "val"].reset_index(drop=True)
     train_records, val_records = records_from_table(train_rows), records_from_table(val)
     val_boxes = validation_boxes(config, val_records)  # refused before any folder is made
+    if config.distill_from:  # so is a teacher that is not there
+        from mura_cli.model.factory import resolve_model_dir
+
+        resolve_model_dir(config.distill_from)
     if dist_info.is_main:
         training_io.prepare_model_dir(out_dir, config.resume, config.data)
     barrier(dist_info)
@@ -562,6 +566,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     weights = class_weights(train_rows, config.class_weights)
     augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
     trainer.val_boxes = val_boxes
+    targets = teacher_targets(trainer, train_records, workers, out_dir)
     train_source, trainer.val_source = decoded_sources(
         config, model_cfg, train_records, val_records, workers, dist_info, notify
     )
@@ -578,6 +583,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
         boxes=training_boxes(config),
         box_grow=config.box_grow,
         erase=config.lesion_erase,
+        targets=targets,
     )
     notify(
         TrainEvent(
@@ -590,6 +596,24 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     )
     run_epochs(trainer, loader, weights, val, val_records, workers, out_dir, notify)
     return finish(trainer, pool, val, val_records, workers, out_dir)
+
+
+def teacher_targets(trainer: Trainer, train_records, workers: int, out_dir: Path) -> list[float] | None:
+    """With ``--distill-from``: each training image's soft target (its label mixed with the teacher's
+    probability), the teacher's probabilities written beside the student; None without a teacher."""
+    cfg = trainer.config
+    if not cfg.distill_from:
+        return None
+    from mura_cli.training import distill
+
+    teacher = distill.teacher_probabilities(
+        cfg.distill_from, train_records, trainer.runtime, cfg.batch_size, workers
+    )
+    trainer.teacher = teacher.provenance
+    if trainer.dist.is_main:
+        distill.write_teacher_file(train_records, teacher, out_dir)
+    labels = np.array([int(r.label) for r in train_records])
+    return distill.soft_targets(labels, teacher.probabilities, cfg.distill_weight).tolist()
 
 
 def training_boxes(config: TrainConfig) -> dict | None:
@@ -744,4 +768,5 @@ def _provenance(trainer: Trainer, pool: pd.DataFrame, val_metrics: dict) -> dict
         "processes": trainer.dist.world,
         "validation_study_metrics": {k: v for k, v in val_metrics.items() if k != "confusion"},
         "threshold_rule": "Youden's J on validation studies",
+        **({"distilled_from": trainer.teacher} if trainer.teacher else {}),
     }

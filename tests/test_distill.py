@@ -1,0 +1,130 @@
+"""train --distill-from: a teacher's calibrated probabilities as soft targets beside the labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from test_train_evaluate import tiny_train_config
+
+from mura_cli.config import ScoreConfig
+from mura_cli.errors import ModelError
+from mura_cli.model.factory import file_sha256
+from mura_cli.scoring.score import score_folder
+from mura_cli.training import distill, losses
+from mura_cli.training.augment import AugmentedDataset
+from mura_cli.training.erasing import lesion_erasing
+from mura_cli.training.train import train
+
+
+def test_weighted_bce_of_hard_targets_is_the_class_weighted_bce():
+    logits = torch.tensor([-2.0, -0.3, 0.0, 1.5, 4.0])
+    labels = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
+    w_pos, w_neg = torch.full((5,), 0.8), torch.full((5,), 0.2)
+    expected = F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * torch.where(
+        labels > 0.5, w_pos, w_neg
+    )
+    assert torch.allclose(losses.weighted_bce(logits, labels, w_pos, w_neg), expected, atol=1e-6)
+
+
+def test_weighted_bce_of_a_soft_target_is_lowest_at_the_class_weighted_logit():
+    """For target t and class weights w1, w0 the best logit is log(w1 t / (w0 (1 - t))): the soft
+    target shifts the logit by the class weights just as the labels do."""
+    grid = torch.linspace(-6, 6, 120001)
+    for t, w1, w0 in ((0.3, 1.0, 1.0), (0.3, 0.8, 0.2), (0.9, 0.25, 0.75)):
+        loss = losses.weighted_bce(grid, torch.tensor(t), torch.tensor(w1), torch.tensor(w0))
+        best = float(grid[loss.argmin()])
+        assert best == pytest.approx(np.log(w1 * t / (w0 * (1 - t))), abs=1e-3)
+
+
+def test_soft_targets_mix_the_label_and_the_teacher():
+    labels, teacher = np.array([1, 0, 1, 0]), np.array([0.9, 0.2, 0.4, 0.0])
+    assert distill.soft_targets(labels, teacher, 0.25).tolist() == pytest.approx([0.975, 0.05, 0.85, 0.0])
+    assert distill.soft_targets(labels, teacher, 0.0).tolist() == [1, 0, 1, 0]
+    assert distill.soft_targets(labels, None, 0.5).tolist() == [1, 0, 1, 0]
+
+
+class _Canvases(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return {"image": torch.full((1, 32, 32), 100, dtype=torch.uint8), "error": "", "index": index}
+
+
+def test_training_items_carry_their_soft_target_and_an_erased_lesion_is_negative():
+    from mura_cli.inputs.discover import ImageRecord
+
+    records = [
+        ImageRecord(Path(f"/x/{k}.png"), f"{k}.png", "raster", f"s{k}", body_part="XR_HAND", label=k % 2)
+        for k in range(3)
+    ]
+    items = AugmentedDataset(_Canvases(3), records, None, targets=[0.1, 0.7, 0.2])
+    assert [items[k]["target"] for k in range(3)] == [0.1, 0.7, 0.2]
+    assert [AugmentedDataset(_Canvases(3), records, None)[k]["target"] for k in range(3)] == [0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="2 targets for 3 records"):
+        AugmentedDataset(_Canvases(3), records, None, targets=[0.1, 0.2])
+    mask = torch.zeros((1, 64, 64), dtype=torch.uint8)
+    mask[0, 10:20, 10:20] = 1
+    image = torch.randint(60, 200, (1, 64, 64), dtype=torch.uint8)
+    item = {"image": image, "box_mask": mask, "has_boxes": True, "label": 1, "target": 0.8, "error": ""}
+    erased = next(
+        out
+        for seed in range(50)
+        if (out := lesion_erasing(item, 0.5, torch.Generator().manual_seed(seed)))["erased"] == "lesion"
+    )
+    assert erased["label"] == 0 and erased["target"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def teacher(learnable_folder, tmp_path_factory):
+    return train(tiny_train_config(learnable_folder, tmp_path_factory.mktemp("teacher") / "model"))
+
+
+def test_student_learns_from_the_teachers_probabilities_and_says_so(teacher, learnable_folder, tmp_path):
+    student = train(
+        tiny_train_config(
+            learnable_folder,
+            tmp_path / "student",
+            epochs=2,
+            distill_from=str(teacher.out_dir),
+            distill_weight=0.5,
+        )
+    )
+    taught = pd.read_csv(student.out_dir / distill.TEACHER_FILE)
+    split = pd.read_csv(student.out_dir / "split.csv")
+    assert sorted(taught["path"]) == sorted(split.loc[split["side"] == "train", "rel_path"])
+    # the probabilities are the teacher's, as `score` gives them for the same images
+    scored = score_folder(
+        ScoreConfig(
+            input=str(learnable_folder),
+            out_dir=str(tmp_path / "s"),
+            model=str(teacher.out_dir),
+            workers=0,
+            precision="fp32",
+        )
+    ).images
+    scored = scored.set_index("path")["probability"]
+    assert np.allclose(taught["teacher_probability"], scored.loc[taught["path"]].to_numpy(), atol=1e-5)
+    assert taught["teacher_probability"].between(0, 1).all() and taught["teacher_probability"].std() > 0.1
+    provenance = json.loads((student.out_dir / "config.json").read_text())["provenance"]
+    source = provenance["distilled_from"]
+    assert source["weights_sha256"] == file_sha256(teacher.out_dir / "model.safetensors")
+    assert source["validation_auroc"] == pytest.approx(teacher.val_metrics["auroc"])
+    assert provenance["recipe"]["distill_from"] == str(teacher.out_dir)
+    assert provenance["recipe"]["distill_weight"] == 0.5
+    assert student.val_metrics["auroc"] > 0.8
+
+
+def test_a_missing_teacher_is_refused_before_the_folder_is_made(learnable_folder, tmp_path):
+    with pytest.raises(ModelError, match="no-such-teacher"):
+        train(tiny_train_config(learnable_folder, tmp_path / "student", distill_from="no-such-teacher"))
+    assert not (tmp_path / "student").exists()
