@@ -97,8 +97,10 @@ def test_student_learns_from_the_teachers_probabilities_and_says_so(teacher, lea
             epochs=2,
             distill_from=str(teacher.out_dir),
             distill_weight=0.5,
-        )
+        ),
+        notify=(events := []).append,
     )
+    assert any("with the teacher" in (event.message or "") for event in events)  # the wait is said
     taught = pd.read_csv(student.out_dir / distill.TEACHER_FILE)
     split = pd.read_csv(student.out_dir / "split.csv")
     assert sorted(taught["path"]) == sorted(split.loc[split["side"] == "train", "rel_path"])

@@ -566,7 +566,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     weights = class_weights(train_rows, config.class_weights)
     augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
     trainer.val_boxes = val_boxes
-    targets = teacher_targets(trainer, train_records, workers, out_dir)
+    targets = teacher_targets(trainer, train_records, workers, out_dir, notify)
     train_source, trainer.val_source = decoded_sources(
         config, model_cfg, train_records, val_records, workers, dist_info, notify
     )
@@ -598,7 +598,9 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     return finish(trainer, pool, val, val_records, workers, out_dir)
 
 
-def teacher_targets(trainer: Trainer, train_records, workers: int, out_dir: Path) -> list[float] | None:
+def teacher_targets(
+    trainer: Trainer, train_records, workers: int, out_dir: Path, notify
+) -> list[float] | None:
     """With ``--distill-from``: each training image's soft target (its label mixed with the teacher's
     probability), the teacher's probabilities written beside the student; None without a teacher."""
     cfg = trainer.config
@@ -606,6 +608,12 @@ def teacher_targets(trainer: Trainer, train_records, workers: int, out_dir: Path
         return None
     from mura_cli.training import distill
 
+    notify(
+        TrainEvent(
+            "start",
+            message=f"Scoring {len(train_records)} training images with the teacher {cfg.distill_from}",
+        )
+    )
     teacher = distill.teacher_probabilities(
         cfg.distill_from, train_records, trainer.runtime, cfg.batch_size, workers
     )
