@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from test_train_evaluate import tiny_train_config
 
 from mura_cli.config import ScoreConfig
-from mura_cli.errors import ModelError
+from mura_cli.errors import ModelError, MuraError
 from mura_cli.model.factory import file_sha256
 from mura_cli.scoring.score import score_folder
 from mura_cli.training import distill, losses
@@ -126,7 +128,62 @@ def test_student_learns_from_the_teachers_probabilities_and_says_so(teacher, lea
     assert student.val_metrics["auroc"] > 0.8
 
 
-def test_a_missing_teacher_is_refused_before_the_folder_is_made(learnable_folder, tmp_path):
-    with pytest.raises(ModelError, match="no-such-teacher"):
+def test_a_missing_or_leaking_teacher_is_refused_before_the_folder_is_made(
+    teacher, learnable_folder, tmp_path
+):
+    with pytest.raises(ModelError, match="--distill-from.*no-such-teacher"):
         train(tiny_train_config(learnable_folder, tmp_path / "student", distill_from="no-such-teacher"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="not a model folder"):
+        train(tiny_train_config(learnable_folder, tmp_path / "student", distill_from=str(tmp_path / "empty")))
+    leaky = tmp_path / "leaky"
+    shutil.copytree(teacher.out_dir, leaky)
+    split = pd.read_csv(leaky / "split.csv")
+    split.assign(side="train").to_csv(leaky / "split.csv", index=False)  # it saw every image
+    with pytest.raises(MuraError, match=r"trained on \d+ of this run's validation images"):
+        train(tiny_train_config(learnable_folder, tmp_path / "student", distill_from=str(leaky)))
     assert not (tmp_path / "student").exists()
+
+
+def test_the_step_learns_from_the_target_not_the_label(tmp_path):
+    from test_box_supervision import _toy_batch, _trainer
+
+    trainer = _trainer(0.0, tmp_path)
+    batch = _toy_batch(np.random.default_rng(0), n=8)
+    batch["target"] = torch.full((8,), 0.3, dtype=torch.float64)  # labels 1, targets 0.3
+    with torch.no_grad():
+        trainer.model.get_classifier().bias.fill_(3.0)  # confident logits: the two targets' losses differ
+    trainer.model.eval()  # the same logits before and during the step (no batch statistics)
+    with torch.no_grad():
+        logits = trainer.model(trainer.prepare(batch["image"]))[:, 0]
+    trainer.model.train()
+    for module in trainer.model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    loss, _, _ = trainer.step(batch)
+    ones = torch.ones(8)
+    assert loss == pytest.approx(
+        float(losses.weighted_bce(logits, torch.full((8,), 0.3), ones, ones).mean()), rel=1e-5
+    )
+    assert loss > 10 * float(losses.weighted_bce(logits, ones, ones, ones).mean())  # not the label's
+
+
+def test_resume_with_a_teacher_gives_the_same_weights_and_refuses_a_changed_teacher(
+    teacher, learnable_folder, tmp_path
+):
+    from test_train_evaluate import Stop, stop_after
+
+    mine = tmp_path / "teacher"
+    shutil.copytree(teacher.out_dir, mine)
+    kw = dict(epochs=2, freeze_epochs=0, distill_from=str(mine))
+    whole = train(tiny_train_config(learnable_folder, tmp_path / "whole", **kw))
+    with pytest.raises(Stop):
+        train(tiny_train_config(learnable_folder, tmp_path / "part", **kw), notify=stop_after(1))
+    resumed = train(tiny_train_config(learnable_folder, tmp_path / "part", resume=True, **kw))
+    a, b = load_file(whole.out_dir / "model.safetensors"), load_file(resumed.out_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(Stop):
+        train(tiny_train_config(learnable_folder, tmp_path / "again", **kw), notify=stop_after(1))
+    shutil.copy(whole.out_dir / "model.safetensors", mine / "model.safetensors")  # the teacher retrained
+    with pytest.raises(MuraError, match="teacher's weights changed"):
+        train(tiny_train_config(learnable_folder, tmp_path / "again", resume=True, **kw))

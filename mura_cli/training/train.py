@@ -351,6 +351,7 @@ class Trainer:
             "history": self.history,
             "recipe": self.config.to_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "teacher": self.teacher,
         }
 
     @property
@@ -375,6 +376,7 @@ class Trainer:
             state["bad_epochs"],
             state["history"],
         )
+        self.teacher = state.get("teacher")  # checked against the teacher scored again on resume
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         elif self.ema is not None:  # a checkpoint without an average: start it from the loaded weights
@@ -548,10 +550,10 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     val = pool[pool["side"] == "val"].reset_index(drop=True)
     train_records, val_records = records_from_table(train_rows), records_from_table(val)
     val_boxes = validation_boxes(config, val_records)  # refused before any folder is made
-    if config.distill_from:  # so is a teacher that is not there
-        from mura_cli.model.factory import resolve_model_dir
+    if config.distill_from:  # so is a teacher that is not there, or that saw the validation images
+        from mura_cli.training.distill import check_no_leak, resolve_teacher
 
-        resolve_model_dir(config.distill_from)
+        check_no_leak(resolve_teacher(config.distill_from), [r.rel_path for r in val_records])
     if dist_info.is_main:
         training_io.prepare_model_dir(out_dir, config.resume, config.data)
     barrier(dist_info)
@@ -604,7 +606,7 @@ def teacher_targets(
     """With ``--distill-from``: each training image's soft target (its label mixed with the teacher's
     probability), the teacher's probabilities written beside the student; None without a teacher."""
     cfg = trainer.config
-    if not cfg.distill_from:
+    if not cfg.distill_from or cfg.distill_weight == 0:
         return None
     from mura_cli.training import distill
 
@@ -614,10 +616,19 @@ def teacher_targets(
             message=f"Scoring {len(train_records)} training images with the teacher {cfg.distill_from}",
         )
     )
+    directory = distill.resolve_teacher(cfg.distill_from)
     teacher = distill.teacher_probabilities(
-        cfg.distill_from, train_records, trainer.runtime, cfg.batch_size, workers
+        directory, train_records, trainer.runtime, cfg.batch_size, workers
     )
-    trainer.teacher = teacher.provenance
+    before = trainer.teacher  # from the checkpoint, when resuming
+    if before and before.get("weights_sha256") != teacher.provenance["weights_sha256"]:
+        raise MuraError(
+            f"--distill-from {cfg.distill_from}: the teacher's weights changed since the run began "
+            f"(sha256 {str(before.get('weights_sha256'))[:12]}... then, "
+            f"{teacher.provenance['weights_sha256'][:12]}... now); resume with the same teacher"
+        )
+    # whether the teacher's split.csv could be read for the leak check (an empty list cannot leak)
+    trainer.teacher = {**teacher.provenance, "split_checked": distill.check_no_leak(directory, [])}
     if trainer.dist.is_main:
         distill.write_teacher_file(train_records, teacher, out_dir)
     labels = np.array([int(r.label) for r in train_records])
