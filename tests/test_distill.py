@@ -122,6 +122,7 @@ def test_student_learns_from_the_teachers_probabilities_and_says_so(teacher, lea
     provenance = json.loads((student.out_dir / "config.json").read_text())["provenance"]
     source = provenance["distilled_from"]
     assert source["weights_sha256"] == file_sha256(teacher.out_dir / "model.safetensors")
+    assert source["split_checked"] is True  # the teacher's split.csv was read for the leak check
     assert source["validation_auroc"] == pytest.approx(teacher.val_metrics["auroc"])
     assert provenance["recipe"]["distill_from"] == str(teacher.out_dir)
     assert provenance["recipe"]["distill_weight"] == 0.5

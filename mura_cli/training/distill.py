@@ -67,6 +67,13 @@ def check_no_leak(directory: Path, val_paths) -> bool:
     return True
 
 
+def checked_teacher(model: str, val_paths) -> tuple[Path, bool]:
+    """(the teacher's folder, whether its split could be checked for leakage), refusing a teacher
+    that is not a model folder or that trained on any of ``val_paths``."""
+    directory = resolve_teacher(model)
+    return directory, check_no_leak(directory, val_paths)
+
+
 def teacher_probabilities(
     directory: Path, records, runtime: Runtime, batch_size: int, workers: int
 ) -> Teacher:

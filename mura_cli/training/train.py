@@ -550,10 +550,11 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     val = pool[pool["side"] == "val"].reset_index(drop=True)
     train_records, val_records = records_from_table(train_rows), records_from_table(val)
     val_boxes = validation_boxes(config, val_records)  # refused before any folder is made
-    if config.distill_from:  # so is a teacher that is not there, or that saw the validation images
-        from mura_cli.training.distill import check_no_leak, resolve_teacher
+    teacher_source = None  # (teacher folder, split checked); refused here, before any folder is made,
+    if config.distill_from:  # when it is not a model folder or trained on the validation images
+        from mura_cli.training.distill import checked_teacher
 
-        check_no_leak(resolve_teacher(config.distill_from), [r.rel_path for r in val_records])
+        teacher_source = checked_teacher(config.distill_from, [r.rel_path for r in val_records])
     if dist_info.is_main:
         training_io.prepare_model_dir(out_dir, config.resume, config.data)
     barrier(dist_info)
@@ -568,7 +569,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     weights = class_weights(train_rows, config.class_weights)
     augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
     trainer.val_boxes = val_boxes
-    targets = teacher_targets(trainer, train_records, workers, out_dir, notify)
+    targets = teacher_targets(trainer, teacher_source, train_records, workers, out_dir, notify)
     train_source, trainer.val_source = decoded_sources(
         config, model_cfg, train_records, val_records, workers, dist_info, notify
     )
@@ -601,12 +602,13 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
 
 
 def teacher_targets(
-    trainer: Trainer, train_records, workers: int, out_dir: Path, notify
+    trainer: Trainer, teacher_source, train_records, workers: int, out_dir: Path, notify
 ) -> list[float] | None:
-    """With ``--distill-from``: each training image's soft target (its label mixed with the teacher's
-    probability), the teacher's probabilities written beside the student; None without a teacher."""
+    """With ``--distill-from`` (``teacher_source`` from ``distill.checked_teacher``): each training
+    image's soft target (its label mixed with the teacher's probability), the teacher's probabilities
+    written beside the student; None without a teacher."""
     cfg = trainer.config
-    if not cfg.distill_from or cfg.distill_weight == 0:
+    if teacher_source is None or cfg.distill_weight == 0:
         return None
     from mura_cli.training import distill
 
@@ -616,7 +618,7 @@ def teacher_targets(
             message=f"Scoring {len(train_records)} training images with the teacher {cfg.distill_from}",
         )
     )
-    directory = distill.resolve_teacher(cfg.distill_from)
+    directory, split_checked = teacher_source
     teacher = distill.teacher_probabilities(
         directory, train_records, trainer.runtime, cfg.batch_size, workers
     )
@@ -627,8 +629,7 @@ def teacher_targets(
             f"(sha256 {str(before.get('weights_sha256'))[:12]}... then, "
             f"{teacher.provenance['weights_sha256'][:12]}... now); resume with the same teacher"
         )
-    # whether the teacher's split.csv could be read for the leak check (an empty list cannot leak)
-    trainer.teacher = {**teacher.provenance, "split_checked": distill.check_no_leak(directory, [])}
+    trainer.teacher = {**teacher.provenance, "split_checked": split_checked}
     if trainer.dist.is_main:
         distill.write_teacher_file(train_records, teacher, out_dir)
     labels = np.array([int(r.label) for r in train_records])
