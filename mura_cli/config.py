@@ -334,6 +334,12 @@ class TrainConfig:
         choice=choices.ClassWeights,
     )
     val_fraction: float = option(0.15, "Share of patients held out for validation.", min=0.01, max=0.9)
+    split_file: str | None = option(
+        None,
+        "A split CSV (rel_path, side: train, val or holdout), e.g. another run's split.csv: its train "
+        "and val images instead of the seeded patient split; holdout images are left out.",
+        flags=("--split",),
+    )
     seed: int = option(0, "Seed of the split, the initial head and the augmentation.")
     device: str = option("auto", _DEVICE_HELP)
     precision: str = option("auto", _PRECISION_HELP, choice=choices.Precision)
@@ -387,10 +393,12 @@ class TrainConfig:
         "a margin when its boxes are erased (both copies in the same step; 0: off).",
         min=0.0,
     )
-    distill_from: str | None = option(
-        None,
+    distill_from: tuple[str, ...] = option(
+        (),
         "A trained model (folder or name) whose calibrated probabilities on the training images, scored "
-        "once before the first epoch, become soft targets beside the labels (distillation).",
+        "once before the first epoch, become soft targets beside the labels (distillation). Repeat it "
+        "for teachers trained on folds (--split with a 'holdout' side): each image is then scored by "
+        "those that never trained on it.",
     )
     distill_weight: float = option(
         0.5,
@@ -441,6 +449,9 @@ class TrainConfig:
             raise ValueError("output_stride must be 16 or 32")
         if not 0 <= self.freeze_epochs <= self.epochs:
             raise ValueError("need 0 <= freeze_epochs <= epochs")
+        if isinstance(self.distill_from, str):  # one teacher given as a plain string (the API)
+            object.__setattr__(self, "distill_from", (self.distill_from,))
+        object.__setattr__(self, "distill_from", tuple(self.distill_from or ()))
         bad = sorted(set(self.resume_changes) - {"epochs", "patience"})
         if bad:
             raise ValueError(f"resume_changes may name epochs and patience, not {', '.join(bad)}")

@@ -120,11 +120,14 @@ def test_student_learns_from_the_teachers_probabilities_and_says_so(teacher, lea
     assert np.allclose(taught["teacher_probability"], scored.loc[taught["path"]].to_numpy(), atol=1e-5)
     assert taught["teacher_probability"].between(0, 1).all() and taught["teacher_probability"].std() > 0.1
     provenance = json.loads((student.out_dir / "config.json").read_text())["provenance"]
-    source = provenance["distilled_from"]
+    (source,) = provenance["distilled_from"]["teachers"]
     assert source["weights_sha256"] == file_sha256(teacher.out_dir / "model.safetensors")
     assert source["split_checked"] is True  # the teacher's split.csv was read for the leak check
     assert source["validation_auroc"] == pytest.approx(teacher.val_metrics["auroc"])
-    assert provenance["recipe"]["distill_from"] == str(teacher.out_dir)
+    # the teacher trained on the student's training images: every target is in sample, and says so
+    assert provenance["distilled_from"]["images_out_of_fold"] == 0
+    assert not taught["out_of_fold"].any()
+    assert provenance["recipe"]["distill_from"] == [str(teacher.out_dir)]
     assert provenance["recipe"]["distill_weight"] == 0.5
     assert student.val_metrics["auroc"] > 0.8
 
@@ -188,3 +191,109 @@ def test_resume_with_a_teacher_gives_the_same_weights_and_refuses_a_changed_teac
     shutil.copy(whole.out_dir / "model.safetensors", mine / "model.safetensors")  # the teacher retrained
     with pytest.raises(MuraError, match="teacher's weights changed"):
         train(tiny_train_config(learnable_folder, tmp_path / "again", resume=True, **kw))
+
+
+def _source(name, trained_on):
+    return distill.TeacherSource(Path(name), None if trained_on is None else frozenset(trained_on))
+
+
+def test_each_image_goes_to_the_teachers_that_never_trained_on_it():
+    paths = ["a", "b", "c", "d"]
+    folds = [_source("t0", {"c", "d"}), _source("t1", {"a", "b"}), _source("t2", {"a", "c"})]
+    assigned, held_out = distill.assign_teachers(folds, paths)
+    # a: only t0 held it out; b: t0 and t2; c: t1; d: t1 and t2
+    assert assigned.tolist() == [
+        [True, True, False, False],
+        [False, False, True, True],
+        [False, True, False, True],
+    ]
+    assert held_out.all()
+    # an image every teacher trained on, or a teacher without a split, is scored by all (in sample)
+    assigned, held_out = distill.assign_teachers([_source("t0", {"a"}), _source("t1", None)], ["a"])
+    assert assigned.tolist() == [[True], [True]] and held_out.tolist() == [False]
+
+
+def _fold_file(split: pd.DataFrame, held: set, path: Path) -> Path:
+    sides = [("holdout" if p in held else side) for p, side in zip(split["rel_path"], split["side"])]
+    split[["rel_path"]].assign(side=sides).to_csv(path, index=False)
+    return path
+
+
+def _scores(model_dir: Path, folder: Path, out: Path) -> pd.Series:
+    config = ScoreConfig(
+        input=str(folder), out_dir=str(out), model=str(model_dir), workers=0, precision="fp32"
+    )
+    return score_folder(config).images.set_index("path")["probability"]
+
+
+def test_teachers_on_folds_score_only_the_images_they_never_saw(learnable_folder, tmp_path):
+    seeded = train(tiny_train_config(learnable_folder, tmp_path / "seeded", epochs=1))
+    first = pd.read_csv(seeded.out_dir / "split.csv")
+    val = set(first.loc[first["side"] == "val", "rel_path"])
+    train_paths = sorted(set(first["rel_path"]) - val)
+    folds, held = [], [set(train_paths[k::2]) for k in range(2)]
+    for k in range(2):
+        fold_file = _fold_file(first, held[k], tmp_path / f"fold{k}.csv")
+        folds.append(
+            train(
+                tiny_train_config(learnable_folder, tmp_path / f"t{k}", epochs=2, split_file=str(fold_file))
+            )
+        )
+        split = pd.read_csv(folds[k].out_dir / "split.csv")
+        assert set(split["rel_path"]) == set(first["rel_path"]) - held[k]  # the holdout side is left out
+        assert set(split.loc[split["side"] == "val", "rel_path"]) == val  # the same validation images
+    student = train(
+        tiny_train_config(
+            learnable_folder,
+            tmp_path / "student",
+            epochs=1,
+            distill_from=tuple(str(f.out_dir) for f in folds),
+        )
+    )
+    taught = pd.read_csv(student.out_dir / distill.TEACHER_FILE).set_index("path")
+    assert taught["out_of_fold"].all() and len(taught) == len(train_paths)
+    for k in range(2):  # each image's probability is that of the teacher that never saw it
+        scored = _scores(folds[k].out_dir, learnable_folder, tmp_path / f"s{k}")
+        mine = sorted(held[k])
+        assert np.allclose(taught.loc[mine, "teacher_probability"], scored.loc[mine], atol=1e-5)
+    source = json.loads((student.out_dir / "config.json").read_text())["provenance"]["distilled_from"]
+    assert source["images_out_of_fold"] == len(train_paths) and source["images_in_sample"] == 0
+    assert [t["images_scored"] for t in source["teachers"]] == [len(h) for h in held]
+
+
+def test_a_split_file_that_does_not_fit_the_data_is_refused(learnable_folder, tmp_path):
+    from mura_cli.errors import InputError
+
+    seeded = train(tiny_train_config(learnable_folder, tmp_path / "seeded", epochs=1))
+    split = pd.read_csv(seeded.out_dir / "split.csv")
+    cases = {
+        "short": (split.iloc[1:], r"no side for 1 of the training images, e\.g\. " + split["rel_path"][0]),
+        "extra": (pd.concat([split, split.iloc[:1].assign(rel_path="x/nowhere.png")]), "names 1 images the"),
+        "side": (split.assign(side=split["side"].replace("val", "valid")), "side 'valid' is not one of"),
+        "columns": (split.rename(columns={"side": "part"}), "needs the columns rel_path,side"),
+    }
+    patient = split["patient_id"][split["patient_id"].duplicated()].iloc[0]
+    rows = split.index[split["patient_id"] == patient]
+    mixed = split.copy()
+    mixed.loc[rows, "side"] = ["train", "val"] + ["train"] * (len(rows) - 2)
+    cases["patient"] = (mixed, f"patient {patient} has images on both the train and val side")
+    for name, (table, message) in cases.items():
+        table[[c for c in table.columns if c in ("rel_path", "side", "part")]].to_csv(
+            tmp_path / f"{name}.csv", index=False
+        )
+        with pytest.raises(InputError, match=message):
+            train(
+                tiny_train_config(learnable_folder, tmp_path / name, split_file=str(tmp_path / f"{name}.csv"))
+            )
+        assert not (tmp_path / name).exists()
+    # a run on another run's split.csv trains and validates on the same images
+    again = train(
+        tiny_train_config(
+            learnable_folder,
+            tmp_path / "again",
+            epochs=1,
+            split_file=str(seeded.out_dir / "split.csv"),
+            val_fraction=0.5,
+        )
+    )
+    assert pd.read_csv(again.out_dir / "split.csv").equals(split)

@@ -121,6 +121,20 @@ RESUME_FREE_FIELDS = frozenset({"resume", "workers", "device", "cache", "out_dir
 RESUME_CHANGEABLE_FIELDS = frozenset({"epochs", "patience"})
 
 
+def _same(then, now) -> bool:
+    """Recipe values equal as plain data: a list and a tuple of the same items are the same, and so
+    are None and an empty list (a single option that became a repeatable one)."""
+    if isinstance(then, (list, tuple)) or isinstance(now, (list, tuple)):
+        return _as_list(then) == _as_list(now)
+    return then == now
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def check_same_recipe(recipe: dict | None, config, out_dir: Path) -> None:
     """MuraError naming each recipe field in which ``config`` differs from the checkpoint's run (a
     checkpoint from before recipes were stored is not checked)."""
@@ -136,7 +150,7 @@ def check_same_recipe(recipe: dict | None, config, out_dir: Path) -> None:
     differ = [
         key
         for key in sorted(set(recipe) | set(now))
-        if key not in allowed and recipe.get(key) != now.get(key)
+        if key not in allowed and not _same(recipe.get(key), now.get(key))
     ]
     if differ:
         listed = ", ".join(f"{key} ({recipe.get(key)!r} -> {now.get(key)!r})" for key in differ)

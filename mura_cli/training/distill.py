@@ -1,7 +1,10 @@
-"""Distillation: a trained model's calibrated probabilities on the training images as soft targets.
+"""Distillation: trained models' calibrated probabilities on the training images as soft targets.
 
 The teacher (a model folder or a model name) scores every training image once, un-augmented, at its
-own input size, with its own calibration and test-time augmentation, before the first epoch. Each
+own input size, with its own calibration and test-time augmentation, before the first epoch. Several
+teachers cross-fit: each trained without one fold of the training images (``train --split`` with that
+fold's side 'holdout') scores the images it never saw, so that no image's soft target comes from a
+model that fitted its label. Each
 image's target is then ``(1 - weight) * label + weight * teacher probability``, so that a student
 held back by other losses (the box and deletion losses) can learn what a plainer, stronger model knows
 about how likely each image is to be positive (Hinton et al., 2015, "Distilling the knowledge in a
@@ -26,11 +29,22 @@ TEACHER_FILE = "teacher_probabilities.csv"
 
 @dataclass(frozen=True)
 class Teacher:
-    """The teacher's probabilities on the training images (in the records' order; NaN where it could
-    not score one) and where they came from, for the student's provenance."""
+    """The teachers' probability per training image (in the records' order; NaN where none could
+    score it), whether it came from teachers that never trained on the image (out of fold), and where
+    the probabilities came from, for the student's provenance."""
 
     probabilities: np.ndarray
+    out_of_fold: np.ndarray
     provenance: dict
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """A teacher's folder and the images its ``split.csv`` says it trained on (None: no split file,
+    so it is taken to have seen every image)."""
+
+    directory: Path
+    trained_on: frozenset[str] | None
 
 
 def resolve_teacher(model: str) -> Path:
@@ -47,60 +61,96 @@ def resolve_teacher(model: str) -> Path:
     return directory
 
 
-def check_no_leak(directory: Path, val_paths) -> bool:
-    """Refuse a teacher that trained on any of the student's validation images (its ``split.csv``
-    says which images it trained on): the student would learn a function fitted to the images that
-    choose its epoch, calibration and threshold. Returns whether the teacher's split could be read."""
+def trained_on(directory: Path) -> frozenset[str] | None:
+    """The rel_paths of the teacher's training images, from its ``split.csv`` (None without one)."""
     split_file = directory / "split.csv"
     if not split_file.is_file():
-        return False
-    split = pd.read_csv(split_file)
+        return None
+    split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
     if not {"rel_path", "side"} <= set(split.columns):
-        return False
-    seen = set(split.loc[split["side"] == "train", "rel_path"].astype(str)) & set(val_paths)
+        return None
+    return frozenset(split.loc[split["side"] == "train", "rel_path"])
+
+
+def check_no_leak(source: TeacherSource, val_paths) -> None:
+    """Refuse a teacher that trained on any of the student's validation images: the student would
+    learn a function fitted to the images that choose its epoch, calibration and threshold."""
+    seen = (source.trained_on or frozenset()) & set(val_paths)
     if seen:
         raise MuraError(
-            f"--distill-from {directory}: the teacher trained on {len(seen)} of this run's validation "
-            f"images (e.g. {sorted(seen)[0]}), which would leak into the choice of epoch and the "
-            "calibration; train the teacher on the same split (same data, --seed and --val-fraction)"
+            f"--distill-from {source.directory}: the teacher trained on {len(seen)} of this run's "
+            f"validation images (e.g. {sorted(seen)[0]}), which would leak into the choice of epoch and "
+            "the calibration; train the teacher on the same validation images (--split SPLIT.csv)"
         )
-    return True
 
 
-def checked_teacher(model: str, val_paths) -> tuple[Path, bool]:
-    """(the teacher's folder, whether its split could be checked for leakage), refusing a teacher
-    that is not a model folder or that trained on any of ``val_paths``."""
-    directory = resolve_teacher(model)
-    return directory, check_no_leak(directory, val_paths)
+def checked_teachers(models, val_paths) -> tuple[TeacherSource, ...]:
+    """Each teacher's folder and training images, refusing one that is not a model folder or that
+    trained on any of ``val_paths``."""
+    sources = []
+    for model in models:
+        directory = resolve_teacher(model)
+        source = TeacherSource(directory, trained_on(directory))
+        check_no_leak(source, val_paths)
+        sources.append(source)
+    return tuple(sources)
 
 
-def teacher_probabilities(
-    directory: Path, records, runtime: Runtime, batch_size: int, workers: int
-) -> Teacher:
-    """Score ``records`` with the teacher in ``directory`` (NaN where it cannot decode an image: that
-    image keeps its label as its target). The scoring runs on a forked torch random state, so that a
-    resumed run draws the same augmentation afterwards as an uninterrupted one."""
-    loaded = load_model(directory)
-    predictor = Predictor(loaded, runtime, heatmaps=False)
-    probs = np.full(len(records), np.nan)
+def assign_teachers(sources, rel_paths) -> tuple[np.ndarray, np.ndarray]:
+    """(which teachers score each image: a teachers x images bool matrix, whether each image is
+    scored out of fold). An image goes to the teachers whose split shows they did not train on it
+    (cross-fitting: folds of the training images, one teacher trained without each fold); an image
+    every teacher trained on goes to all of them."""
+    out = np.array(
+        [[s.trained_on is not None and p not in s.trained_on for p in rel_paths] for s in sources],
+        dtype=bool,
+    ).reshape(len(sources), len(rel_paths))
+    held_out = out.any(axis=0)
+    return np.where(held_out[None, :], out, True), held_out
+
+
+def teacher_probabilities(sources, records, runtime: Runtime, batch_size: int, workers: int) -> Teacher:
+    """Score ``records`` with the teachers ``assign_teachers`` gives each image, the image's
+    probability the mean of theirs (NaN where none could decode it: that image keeps its label as its
+    target). The scoring runs on a forked torch random state, so that a resumed run draws the same
+    augmentation afterwards as an uninterrupted one."""
+    assigned, held_out = assign_teachers(sources, [r.rel_path for r in records])
+    probs = np.full(assigned.shape, np.nan)
+    described = []
     with torch.random.fork_rng(devices=[]):
-        for result in predict_records(predictor, records, batch_size, workers):
-            probs[np.asarray(result.indices)] = np.asarray(result.probabilities, dtype=float)
+        for t, source in enumerate(sources):
+            loaded = load_model(source.directory)
+            predictor = Predictor(loaded, runtime, heatmaps=False)
+            chosen = np.flatnonzero(assigned[t])
+            subset = [records[i] for i in chosen]
+            for result in predict_records(predictor, subset, batch_size, workers):
+                probs[t, chosen[np.asarray(result.indices)]] = np.asarray(result.probabilities, dtype=float)
+            described.append(_describe(source, loaded, chosen.size))
+    scored = np.isfinite(probs).any(axis=0)
+    mean = np.full(len(records), np.nan)
+    mean[scored] = np.nanmean(probs[:, scored], axis=0)
+    provenance = {
+        "teachers": described,
+        "images_out_of_fold": int(held_out.sum()),
+        "images_in_sample": int((~held_out).sum()),
+        "mean_probability": float(mean[scored].mean()) if scored.any() else None,
+        "images_unscored": int((~scored).sum()),
+    }
+    return Teacher(mean, held_out, provenance)
+
+
+def _describe(source: TeacherSource, loaded, images: int) -> dict:
     cfg = loaded.config
-    scored = np.isfinite(probs)
-    return Teacher(
-        probs,
-        {
-            "model": str(directory),
-            "name": cfg.name,
-            "weights_sha256": loaded.weights_sha256,
-            "input_size": list(cfg.input_size),
-            "tta": cfg.tta,
-            "validation_auroc": (cfg.provenance or {}).get("validation_study_metrics", {}).get("auroc"),
-            "mean_probability": float(probs[scored].mean()) if scored.any() else None,
-            "images_unscored": int((~scored).sum()),
-        },
-    )
+    return {
+        "model": str(source.directory),
+        "name": cfg.name,
+        "weights_sha256": loaded.weights_sha256,
+        "input_size": list(cfg.input_size),
+        "tta": cfg.tta,
+        "validation_auroc": (cfg.provenance or {}).get("validation_study_metrics", {}).get("auroc"),
+        "split_checked": source.trained_on is not None,
+        "images_scored": int(images),
+    }
 
 
 def soft_targets(labels: np.ndarray, teacher: np.ndarray | None, weight: float) -> np.ndarray:
@@ -121,6 +171,7 @@ def write_teacher_file(records, teacher: Teacher, out_dir: Path) -> Path:
             "path": [r.rel_path for r in records],
             "label": [int(r.label) for r in records],
             "teacher_probability": teacher.probabilities,
+            "out_of_fold": teacher.out_of_fold,
         }
     ).to_csv(path, index=False)
     return path

@@ -1,4 +1,5 @@
-"""Patient-level train/validation split, stratified by label and body part, seeded."""
+"""Patient-level train/validation split, stratified by label and body part, seeded; or one read from a
+split file (another run's ``split.csv``, or folds made from it)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import warnings
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from mura_cli.errors import MuraError
+from mura_cli.errors import InputError, MuraError
+
+SPLIT_SIDES = ("train", "val", "holdout")  # holdout: named in the file, left out of this run
 
 
 def patient_split(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
@@ -28,4 +31,41 @@ def patient_split(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.Ser
         _, val_index = next(splitter.split(table, strata, groups=table["patient_id"]))
     side = pd.Series("train", index=table.index)
     side.iloc[val_index] = "val"
+    return side
+
+
+def split_from_file(table: pd.DataFrame, path) -> pd.Series:
+    """'train', 'val' or 'holdout' per row of ``table``, as the split file at ``path`` (columns
+    ``rel_path,side``) says; an InputError naming the file when it is unreadable, names a side not in
+    SPLIT_SIDES, leaves out or adds images, or puts one patient on two sides."""
+    try:
+        split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable split file ({exc})") from None
+    if not {"rel_path", "side"} <= set(split.columns):
+        raise InputError(f"{path}: a split file needs the columns rel_path,side (another run's split.csv)")
+    bad = sorted(set(split["side"]) - set(SPLIT_SIDES))
+    if bad:
+        raise InputError(f"{path}: side {bad[0]!r} is not one of {', '.join(SPLIT_SIDES)}")
+    if split["rel_path"].duplicated().any():
+        raise InputError(
+            f"{path}: {split['rel_path'][split['rel_path'].duplicated()].iloc[0]} is listed twice"
+        )
+    sides = dict(zip(split["rel_path"], split["side"]))
+    rel = table["rel_path"].astype(str)
+    missing, extra = sorted(set(rel) - set(sides)), sorted(set(sides) - set(rel))
+    if missing:
+        raise InputError(
+            f"{path}: no side for {len(missing)} of the training images, e.g. {missing[0]} (a split file "
+            "names every training image; side 'holdout' leaves one out of the run)"
+        )
+    if extra:
+        raise InputError(f"{path}: names {len(extra)} images the training data lacks, e.g. {extra[0]}")
+    side = rel.map(sides)
+    used = table.assign(side=side)[side != "holdout"]
+    mixed = used.groupby("patient_id")["side"].nunique()
+    if (mixed > 1).any():
+        raise InputError(
+            f"{path}: patient {mixed[mixed > 1].index[0]} has images on both the train and val side"
+        )
     return side

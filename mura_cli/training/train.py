@@ -48,7 +48,7 @@ from mura_cli.training.distributed import (
     mean_across,
     shutdown,
 )
-from mura_cli.training.split import patient_split
+from mura_cli.training.split import patient_split, split_from_file
 
 LOG_COLUMNS = [
     "epoch",
@@ -125,7 +125,11 @@ def prepare_split(config: TrainConfig) -> pd.DataFrame:
     pool = table[table["split"].isin(["train", ""])].reset_index(drop=True)
     if pool.empty:
         raise MuraError(f"{config.data}: no training images (rows with split 'train' or no split)")
-    pool["side"] = patient_split(pool, config.val_fraction, config.seed)
+    if config.split_file:  # another run's split (or folds of it): the same validation images
+        pool["side"] = split_from_file(pool, config.split_file)
+        pool = pool[pool["side"] != "holdout"].reset_index(drop=True)
+    else:
+        pool["side"] = patient_split(pool, config.val_fraction, config.seed)
     for side in ("train", "val"):
         labels = set(pool.loc[pool["side"] == side, "label"])
         if labels != {0, 1}:
@@ -550,11 +554,11 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     val = pool[pool["side"] == "val"].reset_index(drop=True)
     train_records, val_records = records_from_table(train_rows), records_from_table(val)
     val_boxes = validation_boxes(config, val_records)  # refused before any folder is made
-    teacher_source = None  # (teacher folder, split checked); refused here, before any folder is made,
-    if config.distill_from:  # when it is not a model folder or trained on the validation images
-        from mura_cli.training.distill import checked_teacher
+    teachers = ()  # refused here, before any folder is made, when one is not a model folder or
+    if config.distill_from:  # trained on the validation images
+        from mura_cli.training.distill import checked_teachers
 
-        teacher_source = checked_teacher(config.distill_from, [r.rel_path for r in val_records])
+        teachers = checked_teachers(config.distill_from, [r.rel_path for r in val_records])
     if dist_info.is_main:
         training_io.prepare_model_dir(out_dir, config.resume, config.data)
     barrier(dist_info)
@@ -569,7 +573,7 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     weights = class_weights(train_rows, config.class_weights)
     augment = create_augment(config.flip, config.rotate, config.scale, config.brightness, config.contrast)
     trainer.val_boxes = val_boxes
-    targets = teacher_targets(trainer, teacher_source, train_records, workers, out_dir, notify)
+    targets = teacher_targets(trainer, teachers, train_records, workers, out_dir, notify)
     train_source, trainer.val_source = decoded_sources(
         config, model_cfg, train_records, val_records, workers, dist_info, notify
     )
@@ -602,34 +606,33 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
 
 
 def teacher_targets(
-    trainer: Trainer, teacher_source, train_records, workers: int, out_dir: Path, notify
+    trainer: Trainer, teachers, train_records, workers: int, out_dir: Path, notify
 ) -> list[float] | None:
-    """With ``--distill-from`` (``teacher_source`` from ``distill.checked_teacher``): each training
-    image's soft target (its label mixed with the teacher's probability), the teacher's probabilities
-    written beside the student; None without a teacher."""
+    """With ``--distill-from`` (``teachers`` from ``distill.checked_teachers``): each training
+    image's soft target (its label mixed with the teachers' probability), the probabilities written
+    beside the student; None without a teacher."""
     cfg = trainer.config
-    if teacher_source is None or cfg.distill_weight == 0:
+    if not teachers or cfg.distill_weight == 0:
         return None
     from mura_cli.training import distill
 
     notify(
         TrainEvent(
             "start",
-            message=f"Scoring {len(train_records)} training images with the teacher {cfg.distill_from}",
+            message=f"Scoring {len(train_records)} training images with the teacher"
+            f"{'s' if len(teachers) > 1 else ''} {', '.join(cfg.distill_from)}",
         )
     )
-    directory, split_checked = teacher_source
-    teacher = distill.teacher_probabilities(
-        directory, train_records, trainer.runtime, cfg.batch_size, workers
-    )
-    before = trainer.teacher  # from the checkpoint, when resuming
-    if before and before.get("weights_sha256") != teacher.provenance["weights_sha256"]:
+    teacher = distill.teacher_probabilities(teachers, train_records, trainer.runtime, cfg.batch_size, workers)
+    before = [t.get("weights_sha256") for t in (trainer.teacher or {}).get("teachers", [])]
+    now = [t["weights_sha256"] for t in teacher.provenance["teachers"]]
+    if trainer.teacher and before != now:  # from the checkpoint, when resuming
         raise MuraError(
-            f"--distill-from {cfg.distill_from}: the teacher's weights changed since the run began "
-            f"(sha256 {str(before.get('weights_sha256'))[:12]}... then, "
-            f"{teacher.provenance['weights_sha256'][:12]}... now); resume with the same teacher"
+            f"--distill-from {', '.join(cfg.distill_from)}: the teacher's weights changed since the run "
+            f"began (sha256 {', '.join(str(b)[:12] for b in before)}... then, "
+            f"{', '.join(n[:12] for n in now)}... now); resume with the same teacher"
         )
-    trainer.teacher = {**teacher.provenance, "split_checked": split_checked}
+    trainer.teacher = teacher.provenance
     if trainer.dist.is_main:
         distill.write_teacher_file(train_records, teacher, out_dir)
     labels = np.array([int(r.label) for r in train_records])
