@@ -217,6 +217,17 @@ def check_options(config) -> None:
             raise ValueError(f"{spec.name} must be at most {meta['max']}, got {value}")
 
 
+def parse_fold(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 0 <= K < N and N >= 2; ValueError otherwise."""
+    try:
+        k, n = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"holdout_fold must be K/N (e.g. 0/3), got {text!r}") from None
+    if not (n >= 2 and 0 <= k < n):
+        raise ValueError(f"holdout_fold {text}: need N >= 2 folds and 0 <= K < N")
+    return k, n
+
+
 def _check_modalities(codes) -> None:
     bad = [m for m in codes if not m.strip().isalnum()]
     if bad:
@@ -340,6 +351,11 @@ class TrainConfig:
         "and val images instead of the seeded patient split; holdout images are left out.",
         flags=("--split",),
     )
+    holdout_fold: str | None = option(
+        None,
+        "K/N: leave fold K (0-based) of N of the training images out of this run (by patient, "
+        "stratified, seeded), e.g. 0/3, 1/3, 2/3 for cross-fitted teachers of --distill-from.",
+    )
     seed: int = option(0, "Seed of the split, the initial head and the augmentation.")
     device: str = option("auto", _DEVICE_HELP)
     precision: str = option("auto", _PRECISION_HELP, choice=choices.Precision)
@@ -449,6 +465,8 @@ class TrainConfig:
             raise ValueError("output_stride must be 16 or 32")
         if not 0 <= self.freeze_epochs <= self.epochs:
             raise ValueError("need 0 <= freeze_epochs <= epochs")
+        if self.holdout_fold:
+            parse_fold(self.holdout_fold)
         if isinstance(self.distill_from, str):  # one teacher given as a plain string (the API)
             object.__setattr__(self, "distill_from", (self.distill_from,))
         object.__setattr__(self, "distill_from", tuple(self.distill_from or ()))

@@ -274,6 +274,7 @@ def train(
     class_weights: choices.ClassWeights = opt(TrainConfig, "class_weights"),
     val_fraction: float = opt(TrainConfig, "val_fraction"),
     split_file: Path | None = opt(TrainConfig, "split_file"),
+    holdout_fold: str | None = opt(TrainConfig, "holdout_fold"),
     seed: int = opt(TrainConfig, "seed"),
     device: str = opt(TrainConfig, "device"),
     precision: choices.Precision = opt(TrainConfig, "precision"),

@@ -8,6 +8,7 @@ import warnings
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from mura_cli.config import parse_fold
 from mura_cli.errors import InputError, MuraError
 
 SPLIT_SIDES = ("train", "val", "holdout")  # holdout: named in the file, left out of this run
@@ -68,4 +69,22 @@ def split_from_file(table: pd.DataFrame, path) -> pd.Series:
         raise InputError(
             f"{path}: patient {mixed[mixed > 1].index[0]} has images on both the train and val side"
         )
+    return side
+
+
+def holdout_fold(table: pd.DataFrame, side: pd.Series, fold: str, seed: int) -> pd.Series:
+    """``side`` with fold K of N of its 'train' rows made 'holdout': folds by patient, stratified by
+    body part and label, seeded, so that N runs with K = 0..N-1 leave out each training image once
+    and keep the same validation images (cross-fitted teachers)."""
+    k, n = parse_fold(fold)
+    train = table[side == "train"]
+    if train["patient_id"].nunique() < n:
+        raise MuraError(f"--holdout-fold {fold}: {n} folds need at least {n} training patients")
+    strata = train["body_part"].astype(str) + "_" + train["label"].astype(str)
+    splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        held = list(splitter.split(train, strata, groups=train["patient_id"]))[k][1]
+    side = side.copy()
+    side.loc[train.index[held]] = "holdout"
     return side

@@ -48,7 +48,7 @@ from mura_cli.training.distributed import (
     mean_across,
     shutdown,
 )
-from mura_cli.training.split import patient_split, split_from_file
+from mura_cli.training.split import holdout_fold, patient_split, split_from_file
 
 LOG_COLUMNS = [
     "epoch",
@@ -127,9 +127,11 @@ def prepare_split(config: TrainConfig) -> pd.DataFrame:
         raise MuraError(f"{config.data}: no training images (rows with split 'train' or no split)")
     if config.split_file:  # another run's split (or folds of it): the same validation images
         pool["side"] = split_from_file(pool, config.split_file)
-        pool = pool[pool["side"] != "holdout"].reset_index(drop=True)
     else:
         pool["side"] = patient_split(pool, config.val_fraction, config.seed)
+    if config.holdout_fold:  # a cross-fitted teacher: one fold of the training images left out
+        pool["side"] = holdout_fold(pool, pool["side"], config.holdout_fold, config.seed)
+    pool = pool[pool["side"] != "holdout"].reset_index(drop=True)
     for side in ("train", "val"):
         labels = set(pool.loc[pool["side"] == side, "label"])
         if labels != {0, 1}:
