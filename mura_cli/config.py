@@ -344,7 +344,9 @@ class TrainConfig:
         "Positive-class weights: none, global, or per body part (the MURA paper).",
         choice=choices.ClassWeights,
     )
-    val_fraction: float = option(0.15, "Share of patients held out for validation.", min=0.01, max=0.9)
+    val_fraction: float = option(
+        0.15, "Share of patients held out for validation (not used with --split).", min=0.01, max=0.9
+    )
     split_file: str | None = option(
         None,
         "A split CSV (rel_path, side: train, val or holdout), e.g. another run's split.csv: its train "
@@ -467,9 +469,10 @@ class TrainConfig:
             raise ValueError("need 0 <= freeze_epochs <= epochs")
         if self.holdout_fold:
             parse_fold(self.holdout_fold)
-        if isinstance(self.distill_from, str):  # one teacher given as a plain string (the API)
-            object.__setattr__(self, "distill_from", (self.distill_from,))
-        object.__setattr__(self, "distill_from", tuple(self.distill_from or ()))
+        teachers = self.distill_from  # one teacher may be given as a plain string (the API)
+        object.__setattr__(
+            self, "distill_from", (teachers,) if isinstance(teachers, str) else tuple(teachers or ())
+        )
         bad = sorted(set(self.resume_changes) - {"epochs", "patience"})
         if bad:
             raise ValueError(f"resume_changes may name epochs and patience, not {', '.join(bad)}")

@@ -146,6 +146,13 @@ def test_a_missing_or_leaking_teacher_is_refused_before_the_folder_is_made(
     split.assign(side="train").to_csv(leaky / "split.csv", index=False)  # it saw every image
     with pytest.raises(MuraError, match=r"trained on \d+ of this run's validation images"):
         train(tiny_train_config(learnable_folder, tmp_path / "student", distill_from=str(leaky)))
+    # a split in another path form (a manifest's paths against a folder's) cannot be checked
+    split.assign(rel_path="elsewhere/" + split["rel_path"]).to_csv(leaky / "split.csv", index=False)
+    with pytest.raises(MuraError, match="split.csv names none of this run's images"):
+        train(tiny_train_config(learnable_folder, tmp_path / "student", distill_from=str(leaky)))
+    (leaky / "split.csv").write_text("rel_path,part\na.png,train\n")
+    with pytest.raises(MuraError, match=r"--distill-from: .*split.csv: a split file needs the columns"):
+        train(tiny_train_config(learnable_folder, tmp_path / "student", distill_from=str(leaky)))
     assert not (tmp_path / "student").exists()
 
 
@@ -193,8 +200,10 @@ def test_resume_with_a_teacher_gives_the_same_weights_and_refuses_a_changed_teac
         train(tiny_train_config(learnable_folder, tmp_path / "again", resume=True, **kw))
 
 
-def _source(name, trained_on):
-    return distill.TeacherSource(Path(name), None if trained_on is None else frozenset(trained_on))
+def _source(name, trained_on, named="abcd"):
+    """A teacher whose split names the images ``named``, trained on ``trained_on`` (None: no split)."""
+    sides = None if trained_on is None else {p: "train" if p in trained_on else "holdout" for p in named}
+    return distill.TeacherSource(Path(name), sides)
 
 
 def test_each_image_goes_to_the_teachers_that_never_trained_on_it():
@@ -211,6 +220,9 @@ def test_each_image_goes_to_the_teachers_that_never_trained_on_it():
     # an image every teacher trained on, or a teacher without a split, is scored by all (in sample)
     assigned, held_out = distill.assign_teachers([_source("t0", {"a"}), _source("t1", None)], ["a"])
     assert assigned.tolist() == [[True], [True]] and held_out.tolist() == [False]
+    # an image the teacher's split does not name is not taken for held out (an older split.csv)
+    assigned, held_out = distill.assign_teachers([_source("t0", {"a"}, named="a")], ["a", "b"])
+    assert assigned.tolist() == [[True, True]] and held_out.tolist() == [False, False]
 
 
 def _fold_file(split: pd.DataFrame, held: set, path: Path) -> Path:
@@ -234,10 +246,10 @@ def test_teachers_on_folds_score_only_the_images_they_never_saw(learnable_folder
     splits = [pd.read_csv(f.out_dir / "split.csv") for f in folds]
     val = [set(split.loc[split["side"] == "val", "rel_path"]) for split in splits]
     fitted = [set(split.loc[split["side"] == "train", "rel_path"]) for split in splits]
+    held = [set(split.loc[split["side"] == "holdout", "rel_path"]) for split in splits]
     assert val[0] == val[1]  # the same validation images, the seeded split's
-    assert not fitted[0] & fitted[1]  # two folds: each training image left out of exactly one teacher
+    assert held == [fitted[1], fitted[0]]  # two folds: each training image left out of one teacher
     train_paths = fitted[0] | fitted[1]
-    held = [fitted[1], fitted[0]]  # what teacher k never saw
     student = train(
         tiny_train_config(
             learnable_folder,
@@ -257,6 +269,13 @@ def test_teachers_on_folds_score_only_the_images_they_never_saw(learnable_folder
     source = json.loads((student.out_dir / "config.json").read_text())["provenance"]["distilled_from"]
     assert source["images_out_of_fold"] == len(train_paths) and source["images_in_sample"] == 0
     assert [t["images_scored"] for t in source["teachers"]] == [len(h) for h in held]
+    # a fold teacher's split.csv names its holdout images, so it serves as a --split file as it is
+    again = train(
+        tiny_train_config(
+            learnable_folder, tmp_path / "again", epochs=1, split_file=str(folds[0].out_dir / "split.csv")
+        )
+    )
+    assert pd.read_csv(again.out_dir / "split.csv").equals(splits[0])
 
 
 def test_a_holdout_fold_is_k_of_n():
@@ -275,7 +294,10 @@ def test_a_split_file_that_does_not_fit_the_data_is_refused(learnable_folder, tm
     split = pd.read_csv(seeded.out_dir / "split.csv")
     cases = {
         "short": (split.iloc[1:], r"no side for 1 of the training images, e\.g\. " + split["rel_path"][0]),
-        "extra": (pd.concat([split, split.iloc[:1].assign(rel_path="x/nowhere.png")]), "names 1 images the"),
+        "extra": (
+            pd.concat([split, split.iloc[:1].assign(rel_path="x/nowhere.png")]),
+            "names 1 images outside the training pool",
+        ),
         "side": (split.assign(side=split["side"].replace("val", "valid")), "side 'valid' is not one of"),
         "columns": (split.rename(columns={"side": "part"}), "needs the columns rel_path,side"),
     }
@@ -300,7 +322,12 @@ def test_a_split_file_that_does_not_fit_the_data_is_refused(learnable_folder, tm
             learnable_folder, tmp_path / "fold", epochs=1, split_file=str(tmp_path / "fold.csv")
         )
     )
-    assert set(pd.read_csv(fold.out_dir / "split.csv")["rel_path"]) == set(split["rel_path"]) - held
+    written = pd.read_csv(fold.out_dir / "split.csv")
+    assert set(written.loc[written["side"] == "holdout", "rel_path"]) == held  # left out, and said so
+    assert (
+        set(written.loc[written["side"] == "train", "rel_path"])
+        == set(split.loc[split["side"] == "train", "rel_path"]) - held
+    )
     # a run on another run's split.csv trains and validates on the same images
     again = train(
         tiny_train_config(
@@ -312,3 +339,20 @@ def test_a_split_file_that_does_not_fit_the_data_is_refused(learnable_folder, tm
         )
     )
     assert pd.read_csv(again.out_dir / "split.csv").equals(split)
+
+
+def test_a_checkpoint_of_one_teacher_still_names_its_weights():
+    assert distill.teacher_shas({"weights_sha256": "abc", "model": "t"}) == ["abc"]  # before folds
+    assert distill.teacher_shas({"teachers": [{"weights_sha256": "a"}, {"weights_sha256": "b"}]}) == [
+        "a",
+        "b",
+    ]
+    assert distill.teacher_shas(None) == []
+
+
+def test_recipe_values_that_became_lists_compare_as_the_same():
+    from mura_cli.training.checkpoints import _same
+
+    assert _same(None, []) and _same(None, ()) and _same("t1", ["t1"]) and _same(["a", "b"], ("a", "b"))
+    assert not _same("t1", ["t2"]) and not _same(None, ["t1"]) and not _same(["a", "b"], ["b", "a"])
+    assert _same(0.5, 0.5) and not _same(0.5, 0.25)

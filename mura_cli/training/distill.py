@@ -23,6 +23,7 @@ from mura_cli.errors import ModelError, MuraError
 from mura_cli.inference.device import Runtime
 from mura_cli.inference.predictor import Predictor, predict_records
 from mura_cli.model.factory import CONFIG_FILE, WEIGHTS_FILE, load_model, resolve_model_dir
+from mura_cli.training.split import read_split_file
 
 TEACHER_FILE = "teacher_probabilities.csv"
 
@@ -40,11 +41,15 @@ class Teacher:
 
 @dataclass(frozen=True)
 class TeacherSource:
-    """A teacher's folder and the images its ``split.csv`` says it trained on (None: no split file,
+    """A teacher's folder and the side of each image its ``split.csv`` names (None: no split file,
     so it is taken to have seen every image)."""
 
     directory: Path
-    trained_on: frozenset[str] | None
+    sides: dict[str, str] | None
+
+    def held_out(self, rel_path: str) -> bool:
+        """Whether the teacher's split names the image and it did not train on it."""
+        return self.sides is not None and self.sides.get(rel_path, "train") != "train"
 
 
 def resolve_teacher(model: str) -> Path:
@@ -61,37 +66,49 @@ def resolve_teacher(model: str) -> Path:
     return directory
 
 
-def trained_on(directory: Path) -> frozenset[str] | None:
-    """The rel_paths of the teacher's training images, from its ``split.csv`` (None without one)."""
+def teacher_sides(directory: Path) -> dict[str, str] | None:
+    """rel_path -> side of the teacher's ``split.csv`` (None without one; a MuraError naming the file
+    when it cannot be read as a split file)."""
     split_file = directory / "split.csv"
     if not split_file.is_file():
         return None
-    split = pd.read_csv(split_file, dtype=str, keep_default_na=False)
-    if not {"rel_path", "side"} <= set(split.columns):
-        return None
-    return frozenset(split.loc[split["side"] == "train", "rel_path"])
+    try:
+        split = read_split_file(split_file)
+    except MuraError as exc:
+        raise MuraError(f"--distill-from: {exc}") from None
+    return dict(zip(split["rel_path"], split["side"]))
 
 
-def check_no_leak(source: TeacherSource, val_paths) -> None:
-    """Refuse a teacher that trained on any of the student's validation images: the student would
-    learn a function fitted to the images that choose its epoch, calibration and threshold."""
-    seen = (source.trained_on or frozenset()) & set(val_paths)
+def check_no_leak(source: TeacherSource, val_paths, train_paths) -> None:
+    """Refuse a teacher that trained on any of the student's validation images (the student would
+    learn a function fitted to the images that choose its epoch, calibration and threshold), and one
+    whose split names none of this run's images (other data, or the same images under another path
+    form, e.g. a manifest's paths against a folder's): its leakage could not be checked."""
+    if source.sides is None:
+        return
+    if not set(source.sides) & (set(val_paths) | set(train_paths)):
+        raise MuraError(
+            f"--distill-from {source.directory}: its split.csv names none of this run's images (another "
+            "dataset, or the same images under another path form: train teacher and student on the "
+            "same DATA), so it cannot be checked for leakage"
+        )
+    seen = sorted(p for p in val_paths if source.sides.get(p) == "train")
     if seen:
         raise MuraError(
             f"--distill-from {source.directory}: the teacher trained on {len(seen)} of this run's "
-            f"validation images (e.g. {sorted(seen)[0]}), which would leak into the choice of epoch and "
+            f"validation images (e.g. {seen[0]}), which would leak into the choice of epoch and "
             "the calibration; train the teacher on the same validation images (--split SPLIT.csv)"
         )
 
 
-def checked_teachers(models, val_paths) -> tuple[TeacherSource, ...]:
-    """Each teacher's folder and training images, refusing one that is not a model folder or that
-    trained on any of ``val_paths``."""
+def checked_teachers(models, val_paths, train_paths) -> tuple[TeacherSource, ...]:
+    """Each teacher's folder and split, refusing one that is not a model folder, has an unreadable
+    split, or trained on any of ``val_paths``."""
     sources = []
     for model in models:
         directory = resolve_teacher(model)
-        source = TeacherSource(directory, trained_on(directory))
-        check_no_leak(source, val_paths)
+        source = TeacherSource(directory, teacher_sides(directory))
+        check_no_leak(source, val_paths, train_paths)
         sources.append(source)
     return tuple(sources)
 
@@ -100,11 +117,9 @@ def assign_teachers(sources, rel_paths) -> tuple[np.ndarray, np.ndarray]:
     """(which teachers score each image: a teachers x images bool matrix, whether each image is
     scored out of fold). An image goes to the teachers whose split shows they did not train on it
     (cross-fitting: folds of the training images, one teacher trained without each fold); an image
-    every teacher trained on goes to all of them."""
-    out = np.array(
-        [[s.trained_on is not None and p not in s.trained_on for p in rel_paths] for s in sources],
-        dtype=bool,
-    ).reshape(len(sources), len(rel_paths))
+    every teacher trained on (or that no split names) goes to all of them."""
+    out = np.array([[s.held_out(p) for p in rel_paths] for s in sources], dtype=bool)
+    out = out.reshape(len(sources), len(rel_paths))
     held_out = out.any(axis=0)
     return np.where(held_out[None, :], out, True), held_out
 
@@ -120,23 +135,39 @@ def teacher_probabilities(sources, records, runtime: Runtime, batch_size: int, w
     with torch.random.fork_rng(devices=[]):
         for t, source in enumerate(sources):
             loaded = load_model(source.directory)
-            predictor = Predictor(loaded, runtime, heatmaps=False)
             chosen = np.flatnonzero(assigned[t])
-            subset = [records[i] for i in chosen]
-            for result in predict_records(predictor, subset, batch_size, workers):
-                probs[t, chosen[np.asarray(result.indices)]] = np.asarray(result.probabilities, dtype=float)
+            if chosen.size:
+                predictor = Predictor(loaded, runtime, heatmaps=False)
+                subset = [records[i] for i in chosen]
+                for result in predict_records(predictor, subset, batch_size, workers):
+                    probs[t, chosen[np.asarray(result.indices)]] = np.asarray(
+                        result.probabilities, dtype=float
+                    )
+                del predictor
             described.append(_describe(source, loaded, chosen.size))
+            del loaded  # one teacher in memory at a time
     scored = np.isfinite(probs).any(axis=0)
     mean = np.full(len(records), np.nan)
     mean[scored] = np.nanmean(probs[:, scored], axis=0)
+    out_of_fold = held_out & scored
     provenance = {
         "teachers": described,
-        "images_out_of_fold": int(held_out.sum()),
-        "images_in_sample": int((~held_out).sum()),
+        "images_out_of_fold": int(out_of_fold.sum()),
+        "images_in_sample": int((scored & ~held_out).sum()),
         "mean_probability": float(mean[scored].mean()) if scored.any() else None,
         "images_unscored": int((~scored).sum()),
     }
-    return Teacher(mean, held_out, provenance)
+    return Teacher(mean, out_of_fold, provenance)
+
+
+def teacher_shas(provenance: dict | None) -> list[str]:
+    """The teachers' weight hashes in a run's teacher provenance, also of a checkpoint written when a
+    run had a single teacher (its provenance one teacher's, not a list)."""
+    if not provenance:
+        return []
+    if "teachers" in provenance:
+        return [str(t.get("weights_sha256")) for t in provenance["teachers"]]
+    return [str(provenance.get("weights_sha256"))]
 
 
 def _describe(source: TeacherSource, loaded, images: int) -> dict:
@@ -148,7 +179,7 @@ def _describe(source: TeacherSource, loaded, images: int) -> dict:
         "input_size": list(cfg.input_size),
         "tta": cfg.tta,
         "validation_auroc": (cfg.provenance or {}).get("validation_study_metrics", {}).get("auroc"),
-        "split_checked": source.trained_on is not None,
+        "split_checked": source.sides is not None,
         "images_scored": int(images),
     }
 

@@ -120,7 +120,8 @@ def wants_determinism(config: TrainConfig, device: str) -> bool:
 
 
 def prepare_split(config: TrainConfig) -> pd.DataFrame:
-    """The training pool (never the official/declared 'valid' or 'test' rows) with a 'side' column."""
+    """The training pool (never the official/declared 'valid' or 'test' rows) with a 'side' column:
+    'train', 'val', or 'holdout' (left out of this run, and said so in its ``split.csv``)."""
     table = read_dataset(config.data)
     pool = table[table["split"].isin(["train", ""])].reset_index(drop=True)
     if pool.empty:
@@ -131,7 +132,6 @@ def prepare_split(config: TrainConfig) -> pd.DataFrame:
         pool["side"] = patient_split(pool, config.val_fraction, config.seed)
     if config.holdout_fold:  # a cross-fitted teacher: one fold of the training images left out
         pool["side"] = holdout_fold(pool, pool["side"], config.holdout_fold, config.seed)
-    pool = pool[pool["side"] != "holdout"].reset_index(drop=True)
     for side in ("train", "val"):
         labels = set(pool.loc[pool["side"] == side, "label"])
         if labels != {0, 1}:
@@ -560,7 +560,9 @@ def _train(config: TrainConfig, dist_info: DistInfo, notify) -> TrainResult:
     if config.distill_from:  # trained on the validation images
         from mura_cli.training.distill import checked_teachers
 
-        teachers = checked_teachers(config.distill_from, [r.rel_path for r in val_records])
+        teachers = checked_teachers(
+            config.distill_from, [r.rel_path for r in val_records], [r.rel_path for r in train_records]
+        )
     if dist_info.is_main:
         training_io.prepare_model_dir(out_dir, config.resume, config.data)
     barrier(dist_info)
@@ -626,13 +628,17 @@ def teacher_targets(
         )
     )
     teacher = distill.teacher_probabilities(teachers, train_records, trainer.runtime, cfg.batch_size, workers)
-    before = [t.get("weights_sha256") for t in (trainer.teacher or {}).get("teachers", [])]
-    now = [t["weights_sha256"] for t in teacher.provenance["teachers"]]
-    if trainer.teacher and before != now:  # from the checkpoint, when resuming
+    before = distill.teacher_shas(trainer.teacher)  # from the checkpoint, when resuming
+    now = distill.teacher_shas(teacher.provenance)
+    if trainer.teacher and before != now:
+        changed = [
+            f"{name} (sha256 {b[:12]}... then, {n[:12]}... now)"
+            for name, b, n in zip(cfg.distill_from, before + [""] * len(now), now)
+            if b != n
+        ]
         raise MuraError(
-            f"--distill-from {', '.join(cfg.distill_from)}: the teacher's weights changed since the run "
-            f"began (sha256 {', '.join(str(b)[:12] for b in before)}... then, "
-            f"{', '.join(n[:12] for n in now)}... now); resume with the same teacher"
+            f"--distill-from: the teacher's weights changed since the run began: {', '.join(changed)}; "
+            "resume with the same teachers"
         )
     trainer.teacher = teacher.provenance
     if trainer.dist.is_main:
@@ -785,7 +791,7 @@ def _provenance(trainer: Trainer, pool: pd.DataFrame, val_metrics: dict) -> dict
         "tool": f"mura-cli {__version__}",
         "data": cfg.data,
         "recipe": copy.deepcopy(cfg.to_dict()),
-        "images": {"train": int((pool["side"] == "train").sum()), "val": int((pool["side"] == "val").sum())},
+        "images": {side: int(n) for side, n in pool["side"].value_counts().items()},
         "best_epoch": trainer.best_epoch + 1,
         "monitor": cfg.monitor,
         **({"choice_note": trainer.choice_note} if trainer.choice_note else {}),
