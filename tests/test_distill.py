@@ -356,3 +356,16 @@ def test_recipe_values_that_became_lists_compare_as_the_same():
     assert _same(None, []) and _same(None, ()) and _same("t1", ["t1"]) and _same(["a", "b"], ("a", "b"))
     assert not _same("t1", ["t2"]) and not _same(None, ["t1"]) and not _same(["a", "b"], ["b", "a"])
     assert _same(0.5, 0.5) and not _same(0.5, 0.25)
+
+
+def test_resume_with_a_split_file_ignores_the_unused_validation_fraction(tmp_path):
+    from mura_cli.training.checkpoints import check_same_recipe
+
+    with_file = tiny_train_config(tmp_path, tmp_path / "m", split_file="split.csv", val_fraction=0.25)
+    recipe = {**with_file.to_dict(), "val_fraction": 0.15}  # the checkpoint's run: same file, other fraction
+    check_same_recipe(recipe, with_file, tmp_path / "m")  # no error: the fraction was not used
+    without_file = tiny_train_config(tmp_path, tmp_path / "m", val_fraction=0.25)
+    with pytest.raises(MuraError, match="val_fraction"):
+        check_same_recipe({**without_file.to_dict(), "val_fraction": 0.15}, without_file, tmp_path / "m")
+    with pytest.raises(MuraError, match="split_file"):
+        check_same_recipe({**recipe, "split_file": "other.csv"}, with_file, tmp_path / "m")

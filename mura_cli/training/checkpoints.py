@@ -147,6 +147,8 @@ def check_same_recipe(recipe: dict | None, config, out_dir: Path) -> None:
     allowed = (
         RESUME_FREE_FIELDS | (RESUME_CHANGEABLE_FIELDS & set(config.resume_changes)) | {"resume_changes"}
     )
+    if now.get("split_file") and _same(recipe.get("split_file"), now.get("split_file")):
+        allowed |= {"val_fraction"}  # the split comes from the file: the fraction took no part
     differ = [
         key
         for key in sorted(set(recipe) | set(now))
