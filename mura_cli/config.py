@@ -396,7 +396,10 @@ class TrainConfig:
         0.25, "Boxes grown by this share of their size on each side for the box loss.", min=0.0
     )
     box_loss_from: int = option(
-        0, "First epoch (0-based) with the box loss; the best checkpoint is chosen from then on.", min=0
+        0,
+        "First epoch (0-based) with the box loss; the best checkpoint is chosen from the first epoch "
+        "with every lesion loss on.",
+        min=0,
     )
     lesion_erase: float = option(
         0.0,
@@ -410,6 +413,12 @@ class TrainConfig:
         "With --boxes: weight of a paired loss that asks each boxed positive image's logit to drop by "
         "a margin when its boxes are erased (both copies in the same step; 0: off).",
         min=0.0,
+    )
+    deletion_loss_from: int = option(
+        0,
+        "First epoch (0-based) with the deletion loss, e.g. 1 from ImageNet weights: the pairs then "
+        "start on a trained classifier, not a random one; the best checkpoint is chosen from then on.",
+        min=0,
     )
     distill_from: tuple[str, ...] = option(
         (),
@@ -482,6 +491,10 @@ class TrainConfig:
             raise ValueError("lesion_erase needs boxes (the lesions to erase)")
         if self.deletion_loss_weight > 0 and not self.boxes:
             raise ValueError("deletion_loss_weight needs boxes (the lesions to erase)")
+        if self.deletion_loss_from > 0 and self.deletion_loss_weight == 0:
+            raise ValueError("deletion_loss_from needs deletion_loss_weight (the loss it delays)")
+        if not self.deletion_loss_from < self.epochs:
+            raise ValueError("deletion_loss_from must be an epoch of the run (0 to epochs - 1)")
         if self.monitor == "auroc+deletion" and not self.boxes:
             raise ValueError("monitor auroc+deletion needs boxes (for the deletion test in validation)")
         if self.pooling_sharpness != 1.0 and self.pooling != "lse":

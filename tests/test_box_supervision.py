@@ -3,6 +3,8 @@ deletion test of evaluate --boxes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,7 +20,7 @@ from mura_cli.inputs.geometry import Geometry, fit_geometry
 from mura_cli.model import cam
 from mura_cli.model.factory import create_model
 from mura_cli.training import losses
-from mura_cli.training.train import Trainer
+from mura_cli.training.train import Trainer, first_lesion_epoch
 
 SIZE = 64
 
@@ -52,7 +54,9 @@ def _energy_outside(trainer: Trainer, batch: dict) -> float:
     return float((maps * ~covered).sum() / maps.sum().clamp_min(1e-12))
 
 
-def _trainer(box_weight: float, tmp_path, pooling: str = "avg", deletion_weight: float = 0.0) -> Trainer:
+def _trainer(
+    box_weight: float, tmp_path, pooling: str = "avg", deletion_weight: float = 0.0, deletion_from: int = 0
+) -> Trainer:
     torch.manual_seed(0)
     cfg = ModelConfig(
         architecture="test_efficientnet", input_size=(1, SIZE, SIZE), mean=(0.5,), std=(0.5,), pooling=pooling
@@ -67,6 +71,8 @@ def _trainer(box_weight: float, tmp_path, pooling: str = "avg", deletion_weight:
         boxes="boxes.csv",
         box_loss_weight=box_weight,
         deletion_loss_weight=deletion_weight,
+        deletion_loss_from=deletion_from,
+        epochs=3,
     )
     trainer = Trainer(config, create_model(cfg), cfg, Runtime(torch.device("cpu"), "fp32", "test"))
     trainer.set_phase(0)
@@ -123,6 +129,41 @@ def test_deletion_loss_pairs_each_boxed_positive_with_its_erased_copy(tmp_path, 
     plain.forward_module = lambda x: sizes.append(len(x)) or forward_plain(x)
     plain.step(batch)
     assert sizes[-1] == 16  # off by default: no copies
+
+
+def test_deletion_loss_waits_for_its_first_epoch(tmp_path):
+    """--deletion-loss-from 1: no erased copies in the first epoch (the classifier is still random),
+    the pairs from the second on; the kept weights are chosen from the later of the two lesion losses."""
+    batch = _toy_batch(np.random.default_rng(2))
+    trainer = _trainer(0.5, tmp_path, "lse", deletion_weight=1.0, deletion_from=1)
+    sizes = []
+    forward = trainer.forward_module
+    trainer.forward_module = lambda x: sizes.append(len(x)) or forward(x)
+    trainer.step(batch)
+    assert sizes == [16] and trainer.last_deletion_loss == 0.0
+    trainer.epoch = 1
+    trainer.step(batch)
+    assert sizes[-1] == 32 and trainer.last_deletion_loss > 0
+    assert first_lesion_epoch(trainer.config) == 1
+    assert first_lesion_epoch(dataclasses.replace(trainer.config, box_loss_from=2)) == 2
+    assert (
+        first_lesion_epoch(
+            dataclasses.replace(trainer.config, deletion_loss_weight=0.0, deletion_loss_from=0)
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"deletion_loss_from": 1}, "deletion_loss_from needs deletion_loss_weight"),
+        ({"deletion_loss_from": 3, "deletion_loss_weight": 1.0}, "deletion_loss_from must be an epoch"),
+    ],
+)
+def test_deletion_loss_from_is_checked(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(data="-", out_dir="-", boxes="boxes.csv", epochs=3, **changes)
 
 
 def test_deletion_pair_loss_is_small_past_the_margin():

@@ -290,6 +290,7 @@ def train(
     box_loss_from: int = opt(TrainConfig, "box_loss_from"),
     lesion_erase: float = opt(TrainConfig, "lesion_erase"),
     deletion_loss_weight: float = opt(TrainConfig, "deletion_loss_weight"),
+    deletion_loss_from: int = opt(TrainConfig, "deletion_loss_from"),
     distill_from: list[str] = opt(TrainConfig, "distill_from"),
     distill_weight: float = opt(TrainConfig, "distill_weight"),
     tta: choices.TTA = opt(TrainConfig, "tta"),

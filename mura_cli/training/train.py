@@ -317,6 +317,8 @@ class Trainer:
         images, None when the deletion loss is off or the batch has none."""
         if self.config.deletion_loss_weight == 0 or "box_mask" not in batch:
             return None
+        if self.epoch < self.config.deletion_loss_from:
+            return None
         chosen = torch.as_tensor(batch["has_boxes"], dtype=torch.bool)[valid] & (y.cpu() > 0.5)
         masks = batch["box_mask"][valid][chosen]
         chosen[chosen.clone()] = masks.flatten(1).amax(dim=1) > 0  # boxes moved off the canvas: no pair
@@ -493,7 +495,7 @@ def run_epochs(trainer: Trainer, loader, weights, val, val_records, workers, out
             trainer.scheduler.step(score if np.isfinite(score) else 0.0)
         else:
             trainer.scheduler.step()
-        eligible = not cfg.boxes or epoch >= cfg.box_loss_from  # with boxes: only box-supervised epochs
+        eligible = not cfg.boxes or epoch >= first_lesion_epoch(cfg)  # only epochs with every lesion loss
         if eligible and score > trainer.best_metric:
             trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = score, epoch, 0
             trainer.best_state = {
@@ -763,11 +765,18 @@ def _precision_checks(trainer: Trainer, model_cfg: ModelConfig, val_records) -> 
     return {device.type: {k: {**v, "on": note} for k, v in results.items()}} if results else {}
 
 
+def first_lesion_epoch(cfg: TrainConfig) -> int:
+    """The first epoch (0-based) in which every lesion loss of the recipe is on: the monitor chooses the
+    kept weights from then on."""
+    return max(cfg.box_loss_from, cfg.deletion_loss_from if cfg.deletion_loss_weight > 0 else 0)
+
+
 def unchosen_note(cfg: TrainConfig) -> str:
     """Why no epoch was chosen by the monitor (every score missing), for the model folder and the user."""
+    first = first_lesion_epoch(cfg)
     why = (
-        f"no epoch reached --box-loss-from {cfg.box_loss_from}"
-        if cfg.boxes and cfg.box_loss_from >= cfg.epochs
+        f"no epoch reached the first with every lesion loss (epoch {first + 1})"
+        if cfg.boxes and first >= cfg.epochs
         else f"no epoch had a validation {cfg.monitor} (e.g. the deletion test had no image it could score)"
     )
     return f"{why}: the last epoch's weights were kept"
