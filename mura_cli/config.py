@@ -417,7 +417,8 @@ class TrainConfig:
     deletion_loss_from: int = option(
         0,
         "First epoch (0-based) with the deletion loss, e.g. 1 from ImageNet weights: the pairs then "
-        "start on a trained classifier, not a random one; the best checkpoint is chosen from then on.",
+        "start on a partly trained classifier, not a random one; the best checkpoint is chosen from the "
+        "first epoch with every lesion loss on.",
         min=0,
     )
     distill_from: tuple[str, ...] = option(

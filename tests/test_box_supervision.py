@@ -146,12 +146,12 @@ def test_deletion_loss_waits_for_its_first_epoch(tmp_path):
     assert sizes[-1] == 32 and trainer.last_deletion_loss > 0
     assert first_lesion_epoch(trainer.config) == 1
     assert first_lesion_epoch(dataclasses.replace(trainer.config, box_loss_from=2)) == 2
-    assert (
-        first_lesion_epoch(
-            dataclasses.replace(trainer.config, deletion_loss_weight=0.0, deletion_loss_from=0)
-        )
-        == 0
-    )
+    resumed = _trainer(0.5, tmp_path, "lse", deletion_weight=1.0, deletion_from=1)
+    resumed.load_state_dict(trainer.state_dict())  # what --resume restores after the first epoch
+    forward_resumed = resumed.forward_module
+    resumed.forward_module = lambda x: sizes.append(len(x)) or forward_resumed(x)
+    resumed.step(batch)
+    assert resumed.epoch == 1 and sizes[-1] == 32
 
 
 @pytest.mark.parametrize(

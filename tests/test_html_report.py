@@ -113,16 +113,22 @@ def test_review_marks_survive_a_reload_and_their_csv_is_a_labels_manifest_for_ev
     scored, page, tiny_model, tmp_path
 ):
     rows = page.locator("tbody tr")
-    first, second = rows.nth(0), rows.nth(1)
-    decisions = [r.locator("td:nth-child(6)").inner_text() for r in (first, second)]
-    first.locator("button[data-verdict=agree]").click()
+    decisions = [rows.nth(k).locator("td:nth-child(6)").inner_text() for k in (0, 1)]
+    expect = playwright.expect  # retries until the page shows it (a busy CI machine renders late)
     # the second study gets the other label than the first, so that both classes are present
-    second.locator(f"button[data-verdict={'agree' if decisions[0] != decisions[1] else 'disagree'}]").click()
-    rows.nth(2).locator("button[data-verdict=unsure]").click()  # unsure: not exported
+    marks = [
+        (0, "agree"),
+        (1, "agree" if decisions[0] != decisions[1] else "disagree"),
+        (2, "unsure"),  # unsure: not exported
+    ]
+    for row, verdict in marks:
+        button = rows.nth(row).locator(f"button[data-verdict={verdict}]")
+        button.click()
+        expect(button).to_have_attribute("aria-pressed", "true")  # the click took before the reload
     page.reload()
     pressed = page.locator("tbody tr").nth(0).locator("button[data-verdict=agree]")
-    assert pressed.get_attribute("aria-pressed") == "true"
-    assert "3 reviewed" in page.locator("#shown").inner_text()
+    expect(pressed).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#shown")).to_contain_text("3 reviewed")
     with page.expect_download() as download:
         page.click("#download")
     target = tmp_path / "reviews.csv"

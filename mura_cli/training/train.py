@@ -768,7 +768,7 @@ def _precision_checks(trainer: Trainer, model_cfg: ModelConfig, val_records) -> 
 def first_lesion_epoch(cfg: TrainConfig) -> int:
     """The first epoch (0-based) in which every lesion loss of the recipe is on: the monitor chooses the
     kept weights from then on."""
-    return max(cfg.box_loss_from, cfg.deletion_loss_from if cfg.deletion_loss_weight > 0 else 0)
+    return max(cfg.box_loss_from, cfg.deletion_loss_from)  # the config refuses a start without a weight
 
 
 def unchosen_note(cfg: TrainConfig) -> str:
